@@ -1,0 +1,5 @@
+//! Analysis: Prometheus queries, built-in templates and the judgement of each check.
+
+pub mod judge;
+pub mod prometheus;
+pub mod templates;

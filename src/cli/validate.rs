@@ -1,0 +1,167 @@
+//! `canaryd validate FILE|DIR`: server-free lint of RolloutPolicies for GitOps CI. Unknown fields are
+//! errors, as with `kubectl apply --validate=strict`: a typo there would silently drop a setting.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::policy::types::RolloutPolicySpec;
+use crate::policy::validate::validate_spec;
+
+const TOP_LEVEL: [&str; 5] = ["apiVersion", "kind", "metadata", "spec", "status"];
+
+/// The problems of one file (empty: valid).
+#[derive(Debug)]
+pub struct FileReport {
+    pub path: PathBuf,
+    pub policies: usize,
+    pub errors: Vec<String>,
+}
+
+/// Every `.yaml`/`.yml` under `path` (or `path` itself), in a stable order.
+pub fn validate_path(path: &Path) -> std::io::Result<Vec<FileReport>> {
+    let mut files = Vec::new();
+    collect(path, &mut files)?;
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f)?;
+            let (policies, errors) = validate_text(&text);
+            Ok(FileReport {
+                path: f,
+                policies,
+                errors,
+            })
+        })
+        .collect()
+}
+
+fn collect(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            collect(&entry?.path(), out)?;
+        }
+    } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") || out.is_empty() && path.is_file() {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Validate every RolloutPolicy document in a (multi-document) YAML text; other kinds are skipped.
+pub fn validate_text(text: &str) -> (usize, Vec<String>) {
+    let docs: Vec<Value> = match serde_saphyr::from_multiple(text) {
+        Ok(docs) => docs,
+        Err(e) => return (0, vec![format!("not valid YAML: {e}")]),
+    };
+    let mut errors = Vec::new();
+    let mut policies = 0;
+    for (i, doc) in docs.iter().enumerate() {
+        if doc.get("kind").and_then(Value::as_str) != Some("RolloutPolicy") {
+            continue;
+        }
+        policies += 1;
+        let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let prefix = if name.is_empty() {
+            format!("document {}", i + 1)
+        } else {
+            format!("RolloutPolicy {name}")
+        };
+        errors.extend(validate_policy(doc).into_iter().map(|e| format!("{prefix}: {e}")));
+    }
+    (policies, errors)
+}
+
+fn validate_policy(doc: &Value) -> Vec<String> {
+    let mut errors = Vec::new();
+    if let Some(map) = doc.as_object() {
+        for key in map.keys().filter(|k| !TOP_LEVEL.contains(&k.as_str())) {
+            errors.push(format!("{key}: unknown field"));
+        }
+    }
+    match doc.get("apiVersion").and_then(Value::as_str) {
+        Some("canaryd.io/v1alpha1") => {}
+        other => errors.push(format!("apiVersion: {other:?} is not canaryd.io/v1alpha1")),
+    }
+    if doc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        errors.push("metadata.name: required".into());
+    }
+    let Some(spec) = doc.get("spec") else {
+        errors.push("spec: required".into());
+        return errors;
+    };
+    match serde_path_to_error::deserialize::<_, RolloutPolicySpec>(spec) {
+        Err(e) => {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "spec".to_string()
+            } else {
+                format!("spec.{path}")
+            };
+            errors.push(format!("{field}: {}", e.inner()));
+        }
+        Ok(spec) => errors.extend(validate_spec(&spec).into_iter().map(|e| e.to_string())),
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: canaryd.io/v1alpha1
+kind: RolloutPolicy
+metadata: {name: app}
+spec:
+  service: app
+  virtualServices: [{name: app}]
+  destinationRule: app
+  stable: {subset: v1, deployment: app-v1}
+  canary: {subset: v2, deployment: app-v2}
+  steps: [{weight: 10}, {pause: {duration: 5m}}, {weight: 100}]
+"#;
+
+    #[test]
+    fn table() {
+        let cases: Vec<(String, Option<&str>)> = vec![
+            (GOOD.to_string(), None),
+            (
+                GOOD.replace("{weight: 10}", "{weigth: 10}"),
+                Some("spec.steps[0].weigth: unknown field `weigth`, expected `weight` or `pause`"),
+            ),
+            (
+                GOOD.replace("duration: 5m", "duration: 5 fortnights"),
+                Some("spec.steps[1].pause.duration"),
+            ),
+            (
+                GOOD.replace("{weight: 100}", "{weight: 90}"),
+                Some("spec.steps[2].weight"),
+            ),
+            (
+                GOOD.replace("destinationRule: app", "destinationrule: app"),
+                Some("unknown field `destinationrule`"),
+            ),
+            (
+                GOOD.replace("kind: RolloutPolicy", "kind: RolloutPolicy\nextra: 1"),
+                Some("extra: unknown field"),
+            ),
+            (
+                GOOD.replace("{weight: 10}", "{weight: ten}"),
+                Some("spec.steps[0].weight"),
+            ),
+        ];
+        for (text, want) in cases {
+            let (n, errors) = validate_text(&text);
+            assert_eq!(n, 1);
+            match want {
+                None => assert!(errors.is_empty(), "{errors:?}"),
+                Some(w) => assert!(errors.iter().any(|e| e.contains(w)), "want {w:?} in {errors:?}"),
+            }
+        }
+    }
+}

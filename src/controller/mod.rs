@@ -1,0 +1,128 @@
+//! Controller glue: watch RolloutPolicies (and the Deployments they name), and run the pipeline
+//! observe → plan → act → status for each.
+
+mod act;
+pub mod observe;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tracing::{Instrument, info_span, warn};
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::plan::plan;
+use crate::policy::types::RolloutPolicy;
+
+/// Look again this often even when nothing changes: catches drift in objects we do not watch.
+const RESYNC: Duration = Duration::from_secs(30);
+const ERROR_BACKOFF: Duration = Duration::from_secs(5);
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Run the controller until SIGTERM/SIGINT, over all namespaces or just one.
+pub async fn run(client: Client, metrics: Arc<Metrics>, namespace: Option<&str>) {
+    let (policies, deployments): (Api<RolloutPolicy>, Api<Deployment>) = match namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let reporter = Reporter {
+        controller: "canaryd".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client, reporter),
+        metrics,
+    });
+    let controller = Controller::new(policies, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    controller
+        .watches(
+            deployments,
+            watcher::Config::default().any_semantic(),
+            move |d: Deployment| {
+                // A Deployment change wakes the policies that name it.
+                let ns = d.namespace();
+                let name = d.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|p| p.namespace() == ns && names_deployment(p, &name))
+                    .map(|p| ObjectRef::from_obj(&*p))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn names_deployment(p: &RolloutPolicy, name: &str) -> bool {
+    p.spec.stable.deployment == name
+        || p.spec.canary.as_ref().is_some_and(|c| c.deployment == name)
+        || p.status
+            .as_ref()
+            .and_then(|s| s.stable.as_ref())
+            .is_some_and(|s| s.deployment == name)
+}
+
+async fn reconcile(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Result<Requeue> {
+    let span =
+        info_span!("reconcile", policy = %policy.name_any(), namespace = %policy.namespace().unwrap_or_default());
+    async move {
+        let started = std::time::Instant::now();
+        let result = policy.reconcile(&ctx).await;
+        ctx.metrics
+            .observe_reconcile(started.elapsed(), result.as_ref().err().map(Error::category));
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+fn error_policy(policy: Arc<RolloutPolicy>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+    match error {
+        Error::Conflict(_) => Requeue::requeue(Duration::from_millis(100)),
+        _ => {
+            warn!(policy = %policy.name_any(), error = %error, "reconcile failed");
+            Requeue::requeue(ERROR_BACKOFF)
+        }
+    }
+}
+
+impl RolloutPolicy {
+    /// One pass of the pipeline. Idempotent: every step can be repeated after a crash at any point.
+    async fn reconcile(&self, ctx: &Context) -> Result<Requeue> {
+        let observed = observe::observe(&ctx.client, self).await?;
+        let current = self.status.clone().unwrap_or_default();
+        let plan = plan(&self.spec, &current, &observed, Timestamp::now());
+        act::carry_out(self, ctx, &plan.actions).await?;
+        if plan.status != current {
+            act::write_status(self, ctx, &plan.status).await?;
+        }
+        ctx.metrics.record_policy(self, &plan.status);
+        Ok(match plan.requeue {
+            Some(d) if d.is_zero() => Requeue::requeue(Duration::from_millis(50)),
+            Some(d) => Requeue::requeue(d.min(RESYNC)),
+            None => Requeue::requeue(RESYNC),
+        })
+    }
+}

@@ -1,0 +1,150 @@
+//! Observe: read what the world looks like now, for the planner.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use serde_json::Value;
+
+use crate::error::Result;
+use crate::gates::commands;
+use crate::mesh::istio::{destination_rules, to_value, virtual_services};
+use crate::mesh::preflight::{self, Snapshot, VsSnapshot};
+use crate::mesh::routes::route_weights;
+use crate::plan::{DeploymentState, Observed};
+use crate::policy::types::RolloutPolicy;
+
+/// FNV-1a over the pod template's JSON: stable across daemon versions and restarts, unlike
+/// `DefaultHasher`, because it is recorded in status.
+pub fn template_hash(d: &Deployment) -> String {
+    let template = &d.spec.template;
+    let bytes = serde_json::to_vec(&template).unwrap_or_default();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+pub fn deployment_state(d: &Deployment) -> DeploymentState {
+    let generation = d.metadata.generation.unwrap_or(0);
+    let status = d.status.as_ref();
+    DeploymentState {
+        template_hash: template_hash(d),
+        generation_observed: status.and_then(|s| s.observed_generation).unwrap_or(0) >= generation,
+        ready_replicas: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+    }
+}
+
+/// The VirtualServices a policy names, with their namespaces resolved.
+pub fn vs_refs(policy: &RolloutPolicy) -> Vec<(String, String, Option<Vec<String>>)> {
+    let ns = policy.namespace().unwrap_or_default();
+    policy
+        .spec
+        .virtual_services
+        .iter()
+        .map(|v| {
+            (
+                v.namespace.clone().unwrap_or_else(|| ns.clone()),
+                v.name.clone(),
+                v.routes.clone(),
+            )
+        })
+        .collect()
+}
+
+pub async fn observe(client: &Client, policy: &RolloutPolicy) -> Result<Observed> {
+    let ns = policy.namespace().unwrap_or_default();
+    let spec = &policy.spec;
+    let stable = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.stable.clone())
+        .unwrap_or_else(|| spec.stable.clone());
+    let canary = spec.canary.clone().filter(|c| c.subset != stable.subset);
+
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let service = services.get_opt(&spec.service).await?;
+    let stable_dep = deployments.get_opt(&stable.deployment).await?;
+    let canary_dep = match &canary {
+        Some(c) => deployments.get_opt(&c.deployment).await?,
+        None => None,
+    };
+    let dr = destination_rules(client, &ns).get_opt(&spec.destination_rule).await?;
+    let dr = dr.as_ref().map(to_value).transpose()?;
+    let elsewhere = match dr {
+        Some(_) => Vec::new(),
+        None => {
+            let all: Api<kube::api::DynamicObject> =
+                Api::all_with(client.clone(), &crate::mesh::istio::destination_rule_resource());
+            let lp = ListParams::default().fields(&format!("metadata.name={}", spec.destination_rule));
+            all.list(&lp)
+                .await?
+                .items
+                .iter()
+                .filter_map(|d| d.namespace())
+                .collect()
+        }
+    };
+    let mut vss = Vec::new();
+    for (vs_ns, name, routes) in vs_refs(policy) {
+        let object = virtual_services(client, &vs_ns).get_opt(&name).await?;
+        vss.push(VsSnapshot {
+            namespace: vs_ns,
+            name,
+            routes,
+            object: object.as_ref().map(to_value).transpose()?,
+        });
+    }
+
+    let snapshot = Snapshot {
+        namespace: &ns,
+        service: service.as_ref(),
+        stable: &stable,
+        stable_deployment: stable_dep.as_ref(),
+        canary: canary.as_ref(),
+        canary_deployment: canary_dep.as_ref(),
+        destination_rule: dr.as_ref(),
+        destination_rule_elsewhere: elsewhere,
+        virtual_services: &vss,
+    };
+    let fqdn = spec.service_fqdn(&ns);
+    let (problems, routes) = match preflight::check(spec, &snapshot) {
+        Ok(managed) => (Vec::new(), current_weights(&vss, &managed, &fqdn)),
+        Err(problems) => (problems, Vec::new()),
+    };
+    let annotations = policy.annotations();
+    let (command, command_error) = match commands::from_annotations(annotations) {
+        Ok(c) => (c, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Ok(Observed {
+        generation: policy.metadata.generation,
+        problems,
+        canary: canary_dep.as_ref().map(deployment_state),
+        routes,
+        command,
+        command_error,
+    })
+}
+
+fn current_weights(vss: &[VsSnapshot], managed: &[Vec<usize>], fqdn: &str) -> Vec<BTreeMap<String, u8>> {
+    vss.iter()
+        .zip(managed)
+        .flat_map(|(vs, indices)| {
+            let http = vs
+                .object
+                .as_ref()
+                .and_then(|o| o.pointer("/spec/http"))
+                .and_then(Value::as_array);
+            indices
+                .iter()
+                .filter_map(move |&i| http.and_then(|h| h.get(i)))
+                .map(|route| route_weights(route, &vs.namespace, fqdn))
+        })
+        .collect()
+}

@@ -1,0 +1,34 @@
+//! The library's error type, with a bounded category for metric labels.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("VirtualService {vs}: {message}")]
+    Mesh { vs: String, message: String },
+    #[error("status of {0} changed concurrently; re-reading")]
+    Conflict(String),
+    #[error("encoding: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("YAML: {0}")]
+    Yaml(String),
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+}
+
+impl Error {
+    /// A small fixed set of values, safe as a metric label.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
+            Error::Kube(_) => "kube",
+            Error::Mesh { .. } => "mesh",
+            Error::Conflict(_) => "conflict",
+            Error::Json(_) | Error::Yaml(_) => "encoding",
+            Error::MissingField(_) => "invalid_object",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

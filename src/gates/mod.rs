@@ -1,0 +1,3 @@
+//! Gates: what a person (or later a webhook, Slack or a schedule window) says about a rollout.
+
+pub mod commands;

@@ -1,0 +1,17 @@
+//! canaryd: progressive delivery for Kubernetes and Istio.
+//!
+//! The pipeline per RolloutPolicy is observe → plan (pure) → act → status; see README.md.
+
+pub mod analysis;
+pub mod cli;
+pub mod controller;
+pub mod error;
+pub mod gates;
+pub mod http;
+pub mod mesh;
+pub mod metrics;
+pub mod plan;
+pub mod policy;
+pub mod telemetry;
+
+pub use error::{Error, Result};

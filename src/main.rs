@@ -1,0 +1,214 @@
+//! The canaryd binary: the daemon (`run`) and the CLI. Errors become anyhow here, at the edge.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use canaryd::cli::{self, status, validate};
+use canaryd::gates::commands::CommandKind;
+use canaryd::telemetry::{self, LogFormat};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "canaryd", version, about = "Progressive delivery for Kubernetes and Istio")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Target {
+    /// The RolloutPolicy.
+    name: String,
+    /// Namespace (default: the kubeconfig's).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// Do not wait for the daemon to acknowledge the command.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, default_value = "0.0.0.0:8080", env = "CANARYD_LISTEN")]
+        listen: SocketAddr,
+        #[arg(long, value_enum, default_value_t, env = "CANARYD_LOG_FORMAT")]
+        log_format: LogFormat,
+        /// Watch RolloutPolicies in this namespace only (default: all).
+        #[arg(long, env = "CANARYD_NAMESPACE")]
+        namespace: Option<String>,
+    },
+    /// Print the RolloutPolicy CRD (YAML).
+    Crd,
+    /// Pass the current pause or approval gate.
+    Promote {
+        #[command(flatten)]
+        target: Target,
+        /// Go to 100 % now, skipping the remaining steps.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Send all traffic to stable now; the rollout stays Aborted until retried.
+    Abort {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Hold the rollout where it is.
+    Pause {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Continue a paused rollout.
+    Resume {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Start a rolled-back or aborted canary again from the first step.
+    Retry {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show rollouts.
+    Status {
+        name: Option<String>,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// All namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Live view with a weight bar per version.
+        #[arg(short, long)]
+        watch: bool,
+        /// Stop watching after this long (e.g. 2m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        watch_for: Option<Duration>,
+    },
+    /// Lint RolloutPolicy YAML files without a cluster (for GitOps CI).
+    Validate { path: PathBuf },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = match &cli.command {
+        Command::Run { log_format, .. } => *log_format,
+        _ => LogFormat::Text,
+    };
+    telemetry::init(format);
+    match dispatch(cli.command).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (KUBECONFIG or in-cluster)")
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    let (target, kind) = match command {
+        Command::Run { listen, namespace, .. } => return run(listen, namespace).await.map(|_| ExitCode::SUCCESS),
+        Command::Crd => {
+            print!("{}", canaryd::policy::crd_yaml()?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Validate { path } => return validate_cmd(&path),
+        Command::Status {
+            name,
+            namespace,
+            all_namespaces,
+            watch,
+            watch_for,
+        } => {
+            let client = client().await?;
+            let ns = if all_namespaces {
+                None
+            } else {
+                Some(namespace.unwrap_or_else(|| client.default_namespace().to_string()))
+            };
+            if watch {
+                status::watch(&client, ns.as_deref(), name.as_deref(), watch_for).await?;
+            } else {
+                print!("{}", status::show(&client, ns.as_deref(), name.as_deref()).await?);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Promote { target, full } => (
+            target,
+            if full {
+                CommandKind::PromoteFull
+            } else {
+                CommandKind::Promote
+            },
+        ),
+        Command::Abort { target } => (target, CommandKind::Abort),
+        Command::Pause { target } => (target, CommandKind::Pause),
+        Command::Resume { target } => (target, CommandKind::Resume),
+        Command::Retry { target } => (target, CommandKind::Retry),
+    };
+    let client = client().await?;
+    let ns = target
+        .namespace
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let id = cli::send(&client, &ns, &target.name, kind)
+        .await
+        .with_context(|| format!("sending {} to RolloutPolicy {ns}/{}", kind.as_str(), target.name))?;
+    println!("{} sent to {ns}/{} (command {id})", kind.as_str(), target.name);
+    if !target.no_wait {
+        match cli::wait_handled(&client, &ns, &target.name, &id, Duration::from_secs(30)).await? {
+            Some(message) => println!("{message}"),
+            None => println!("not handled yet: is canaryd running?"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate_cmd(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let reports = validate::validate_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut failed = 0;
+    let mut policies = 0;
+    for r in &reports {
+        policies += r.policies;
+        if r.errors.is_empty() {
+            continue;
+        }
+        failed += 1;
+        for e in &r.errors {
+            println!("{}: {e}", r.path.display());
+        }
+    }
+    println!("{} files, {policies} policies, {failed} with errors", reports.len());
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn run(listen: SocketAddr, namespace: Option<String>) -> anyhow::Result<()> {
+    let client = client().await?;
+    let metrics = Arc::new(canaryd::metrics::Metrics::default());
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "serving /metrics /healthz /readyz");
+    // First line on stdout: where to scrape (scripts and tests read it when --listen ends in :0).
+    println!("listening on {addr}");
+    let app = canaryd::http::router(metrics.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    canaryd::controller::run(client, metrics, namespace.as_deref()).await;
+    server.abort();
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! The Istio side effects: reading VirtualServices and DestinationRules, and writing weights.
+
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use serde_json::Value;
+
+use super::routes::{managed_routes, weight_patch};
+use crate::error::{Error, Result};
+
+pub const FIELD_MANAGER: &str = "canaryd";
+/// Re-read and re-plan this many times when a concurrent edit makes the guarded patch fail.
+const WRITE_ATTEMPTS: usize = 8;
+
+pub fn virtual_service_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService"),
+        "virtualservices",
+    )
+}
+
+pub fn destination_rule_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("networking.istio.io", "v1", "DestinationRule"),
+        "destinationrules",
+    )
+}
+
+pub fn virtual_services(client: &Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &virtual_service_resource())
+}
+
+pub fn destination_rules(client: &Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &destination_rule_resource())
+}
+
+/// The object as plain JSON, so every field, known or not, survives.
+pub fn to_value(obj: &DynamicObject) -> Result<Value> {
+    Ok(serde_json::to_value(obj)?)
+}
+
+/// What one weight write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Unchanged,
+    Written,
+}
+
+/// Set the weights of the managed routes of one VirtualService.
+///
+/// The patch carries the resourceVersion and the host/subset of each destination it touches; when
+/// someone else edited the object in between, it fails, and we read again and rebuild it, so their
+/// edit is kept and ours lands on top.
+#[allow(clippy::too_many_arguments)]
+pub async fn set_weights(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    service_fqdn: &str,
+    routes: Option<&[String]>,
+    stable: &str,
+    canary: Option<&str>,
+    canary_weight: u8,
+) -> Result<WriteOutcome> {
+    let api = virtual_services(client, namespace);
+    let id = format!("{namespace}/{name}");
+    let mut last_error = None;
+    for _ in 0..WRITE_ATTEMPTS {
+        let vs = to_value(&api.get(name).await?)?;
+        let indices = managed_routes(&vs, &id, namespace, service_fqdn, routes).map_err(|p| Error::Mesh {
+            vs: id.clone(),
+            message: p.into_iter().map(|p| p.message).collect::<Vec<_>>().join("; "),
+        })?;
+        let Some(patch) = weight_patch(&vs, namespace, service_fqdn, &indices, stable, canary, canary_weight) else {
+            return Ok(WriteOutcome::Unchanged);
+        };
+        let patch: json_patch::Patch = serde_json::from_value(patch)?;
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        match api.patch(name, &params, &Patch::<()>::Json(patch)).await {
+            Ok(_) => return Ok(WriteOutcome::Written),
+            // 409: conflict; 422: a guard (`test` op) failed because the object changed.
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => {
+                tracing::debug!(vs = %id, status = %s.message, "VirtualService changed under us; re-reading");
+                last_error = Some(kube::Error::Api(s));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last_error.map(Error::from).unwrap_or(Error::Conflict(id)))
+}

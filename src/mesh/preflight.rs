@@ -1,0 +1,235 @@
+//! Preflight: the Istio traps users meet, caught before any traffic moves. Pure: it reads a snapshot
+//! of the objects and returns problems that say what to fix.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use serde_json::Value;
+
+use super::routes::{check_route, managed_routes, resolve_host};
+use crate::plan::Problem;
+use crate::policy::types::{RolloutPolicySpec, VersionRef};
+
+/// One VirtualService named by the policy, as read (None: not found).
+pub struct VsSnapshot {
+    pub namespace: String,
+    pub name: String,
+    pub routes: Option<Vec<String>>,
+    pub object: Option<Value>,
+}
+
+/// What preflight looks at.
+pub struct Snapshot<'a> {
+    pub namespace: &'a str,
+    pub service: Option<&'a Service>,
+    pub stable: &'a VersionRef,
+    pub stable_deployment: Option<&'a Deployment>,
+    pub canary: Option<&'a VersionRef>,
+    pub canary_deployment: Option<&'a Deployment>,
+    /// The DestinationRule in the Service's namespace.
+    pub destination_rule: Option<&'a Value>,
+    /// Namespaces where a DestinationRule of that name exists elsewhere (the 503 trap).
+    pub destination_rule_elsewhere: Vec<String>,
+    pub virtual_services: &'a [VsSnapshot],
+}
+
+/// The managed routes of each VirtualService (same order as the snapshot), when preflight passes.
+pub type ManagedRoutes = Vec<Vec<usize>>;
+
+fn problem(reason: &str, message: String) -> Problem {
+    Problem {
+        reason: reason.into(),
+        message,
+    }
+}
+
+fn template_labels(d: &Deployment) -> BTreeMap<String, String> {
+    d.spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
+fn missing_labels(want: &BTreeMap<String, String>, have: &BTreeMap<String, String>) -> Vec<String> {
+    want.iter()
+        .filter(|(k, v)| have.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
+
+pub fn check(spec: &RolloutPolicySpec, snap: &Snapshot<'_>) -> Result<ManagedRoutes, Vec<Problem>> {
+    let ns = snap.namespace;
+    let fqdn = spec.service_fqdn(ns);
+    let mut problems = Vec::new();
+
+    let selector = match snap.service {
+        None => {
+            problems.push(problem(
+                "ServiceNotFound",
+                format!("Service {ns}/{} not found (spec.service)", spec.service),
+            ));
+            None
+        }
+        Some(svc) => svc.spec.as_ref().and_then(|s| s.selector.clone()),
+    };
+
+    let versions = [
+        ("stable", Some(snap.stable), snap.stable_deployment),
+        ("canary", snap.canary, snap.canary_deployment),
+    ];
+    for (role, version, deployment) in versions {
+        let Some(version) = version else { continue };
+        match deployment {
+            None => problems.push(problem(
+                "DeploymentNotFound",
+                format!(
+                    "{role} Deployment {ns}/{} not found (spec.{role}.deployment)",
+                    version.deployment
+                ),
+            )),
+            Some(d) => {
+                if let Some(selector) = &selector {
+                    let missing = missing_labels(selector, &template_labels(d));
+                    if !missing.is_empty() {
+                        problems.push(problem(
+                            "ServiceSelectsNoPods",
+                            format!(
+                                "Service {ns}/{} does not select the pods of {role} Deployment {}: its pod template lacks {}",
+                                spec.service,
+                                version.deployment,
+                                missing.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    match snap.destination_rule {
+        None if !snap.destination_rule_elsewhere.is_empty() => problems.push(problem(
+            "DestinationRuleInWrongNamespace",
+            format!(
+                "DestinationRule {} is in namespace {} but must be in the Service's namespace {ns} \
+                 (Istio ignores it there and requests to the subsets fail with 503); move it to {ns}",
+                spec.destination_rule,
+                snap.destination_rule_elsewhere.join(", ")
+            ),
+        )),
+        None => problems.push(problem(
+            "DestinationRuleNotFound",
+            format!(
+                "DestinationRule {ns}/{} not found (spec.destinationRule)",
+                spec.destination_rule
+            ),
+        )),
+        Some(dr) => problems.extend(check_destination_rule(spec, snap, dr, &fqdn)),
+    }
+
+    let mut managed = Vec::new();
+    for vs in snap.virtual_services {
+        let id = format!("{}/{}", vs.namespace, vs.name);
+        let Some(object) = &vs.object else {
+            problems.push(problem(
+                "VirtualServiceNotFound",
+                format!("VirtualService {id} not found (spec.virtualServices)"),
+            ));
+            managed.push(Vec::new());
+            continue;
+        };
+        match managed_routes(object, &id, &vs.namespace, &fqdn, vs.routes.as_deref()) {
+            Ok(indices) => {
+                problems.extend(
+                    indices
+                        .iter()
+                        .filter_map(|&i| check_route(object, &id, &vs.namespace, &fqdn, i, &snap.stable.subset)),
+                );
+                managed.push(indices);
+            }
+            Err(p) => {
+                problems.extend(p);
+                managed.push(Vec::new());
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(managed)
+    } else {
+        Err(problems)
+    }
+}
+
+fn check_destination_rule(spec: &RolloutPolicySpec, snap: &Snapshot<'_>, dr: &Value, fqdn: &str) -> Vec<Problem> {
+    let ns = snap.namespace;
+    let id = format!("{ns}/{}", spec.destination_rule);
+    let mut problems = Vec::new();
+    let host = dr.pointer("/spec/host").and_then(Value::as_str).unwrap_or("");
+    let resolved = resolve_host(host, ns);
+    if resolved != fqdn {
+        problems.push(problem(
+            "DestinationRuleHostMismatch",
+            format!("DestinationRule {id} host {host:?} resolves to {resolved}, not the Service {fqdn}; write `host: {fqdn}`"),
+        ));
+    }
+    let subsets = dr
+        .pointer("/spec/subsets")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let versions = [
+        ("stable", Some(snap.stable), snap.stable_deployment),
+        ("canary", snap.canary, snap.canary_deployment),
+    ];
+    for (role, version, deployment) in versions {
+        let Some(version) = version else { continue };
+        let found = subsets
+            .iter()
+            .find(|s| s.get("name").and_then(Value::as_str) == Some(version.subset.as_str()));
+        let Some(subset) = found else {
+            let names: Vec<&str> = subsets
+                .iter()
+                .filter_map(|s| s.get("name").and_then(Value::as_str))
+                .collect();
+            problems.push(problem(
+                "SubsetNotFound",
+                format!(
+                    "DestinationRule {id} has no subset {:?} for the {role} (it has: {})",
+                    version.subset,
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            ));
+            continue;
+        };
+        let labels: BTreeMap<String, String> = subset
+            .get("labels")
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default();
+        if let Some(d) = deployment {
+            let missing = missing_labels(&labels, &template_labels(d));
+            if !missing.is_empty() {
+                problems.push(problem(
+                    "SubsetSelectsNoPods",
+                    format!(
+                        "DestinationRule {id} subset {:?} selects {} but the pods of {role} Deployment {} lack {}",
+                        version.subset,
+                        labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        version.deployment,
+                        missing.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    problems
+}

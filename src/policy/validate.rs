@@ -1,0 +1,271 @@
+//! Checks the schema cannot express. Pure: the same rules serve the daemon (phase `Invalid`) and
+//! `canaryd validate` in GitOps CI.
+
+use std::collections::HashSet;
+
+use super::types::RolloutPolicySpec;
+
+/// One problem, with the path of the field that has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// RFC 1123 label: what Kubernetes accepts as a Service or Deployment name.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+pub fn validate_spec(spec: &RolloutPolicySpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if !is_dns_label(&spec.service) {
+        errors.push(err(
+            "spec.service",
+            format!("{:?} is not a valid Service name", spec.service),
+        ));
+    }
+    if !is_dns_subdomain(&spec.destination_rule) {
+        errors.push(err(
+            "spec.destinationRule",
+            format!("{:?} is not a valid object name", spec.destination_rule),
+        ));
+    }
+    if spec.virtual_services.is_empty() {
+        errors.push(err("spec.virtualServices", "at least one VirtualService is required"));
+    }
+    let mut seen = HashSet::new();
+    for (i, vs) in spec.virtual_services.iter().enumerate() {
+        let field = format!("spec.virtualServices[{i}]");
+        if !is_dns_subdomain(&vs.name) {
+            errors.push(err(
+                format!("{field}.name"),
+                format!("{:?} is not a valid object name", vs.name),
+            ));
+        }
+        if let Some(ns) = &vs.namespace
+            && !is_dns_label(ns)
+        {
+            errors.push(err(
+                format!("{field}.namespace"),
+                format!("{ns:?} is not a valid namespace"),
+            ));
+        }
+        if !seen.insert((vs.namespace.clone(), vs.name.clone())) {
+            errors.push(err(
+                field.clone(),
+                format!("VirtualService {:?} is listed twice", vs.name),
+            ));
+        }
+        if let Some(routes) = &vs.routes {
+            if routes.is_empty() {
+                errors.push(err(
+                    format!("{field}.routes"),
+                    "an empty list manages no route; omit it to manage every unmatched route",
+                ));
+            }
+            if routes.iter().any(|r| r.is_empty()) {
+                errors.push(err(format!("{field}.routes"), "route names must not be empty"));
+            }
+        }
+    }
+    for (name, v) in [("stable", Some(&spec.stable)), ("canary", spec.canary.as_ref())] {
+        let Some(v) = v else { continue };
+        if v.subset.is_empty() {
+            errors.push(err(format!("spec.{name}.subset"), "must not be empty"));
+        }
+        if !is_dns_subdomain(&v.deployment) {
+            errors.push(err(
+                format!("spec.{name}.deployment"),
+                format!("{:?} is not a valid Deployment name", v.deployment),
+            ));
+        }
+    }
+    if let Some(canary) = &spec.canary
+        && canary.subset == spec.stable.subset
+        && canary.deployment != spec.stable.deployment
+    {
+        errors.push(err(
+            "spec.canary.subset",
+            format!(
+                "canary and stable both use subset {:?} but name different Deployments",
+                canary.subset
+            ),
+        ));
+    }
+    errors.extend(validate_steps(spec));
+    if spec.progress_deadline.is_zero() {
+        errors.push(err("spec.progressDeadline", "must be greater than zero"));
+    }
+    errors
+}
+
+fn validate_steps(spec: &RolloutPolicySpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if spec.steps.is_empty() {
+        errors.push(err("spec.steps", "at least one step is required"));
+        return errors;
+    }
+    let mut last_weight: Option<(usize, u8)> = None;
+    for (i, step) in spec.steps.iter().enumerate() {
+        let field = format!("spec.steps[{i}]");
+        match (step.weight, &step.pause) {
+            (Some(_), Some(_)) | (None, None) => {
+                errors.push(err(field, "a step has exactly one of weight or pause"));
+            }
+            (Some(w), None) => {
+                if w > 100 {
+                    errors.push(err(format!("{field}.weight"), format!("{w} is not within 0-100")));
+                }
+                if let Some((j, prev)) = last_weight
+                    && w < prev
+                {
+                    errors.push(err(
+                        format!("{field}.weight"),
+                        format!("weights must not decrease: {w} comes after {prev} (spec.steps[{j}])"),
+                    ));
+                }
+                last_weight = Some((i, w));
+            }
+            (None, Some(pause)) => {
+                if pause.duration.is_some_and(|d| d.is_zero()) {
+                    errors.push(err(format!("{field}.pause.duration"), "must be greater than zero"));
+                }
+            }
+        }
+    }
+    match last_weight {
+        None => errors.push(err(
+            "spec.steps",
+            "no step sets a weight; the last weight step must be 100",
+        )),
+        Some((i, w)) if w != 100 => errors.push(err(
+            format!("spec.steps[{i}].weight"),
+            format!("the last weight step must be 100 (full promotion), found {w}"),
+        )),
+        _ => {}
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::types::{Pause, Step, VersionRef, VirtualServiceRef};
+    use std::time::Duration;
+
+    fn w(weight: u8) -> Step {
+        Step {
+            weight: Some(weight),
+            pause: None,
+        }
+    }
+    fn p(secs: Option<u64>) -> Step {
+        Step {
+            weight: None,
+            pause: Some(Pause {
+                duration: secs.map(Duration::from_secs),
+            }),
+        }
+    }
+    fn spec(steps: Vec<Step>) -> RolloutPolicySpec {
+        RolloutPolicySpec {
+            service: "app".into(),
+            virtual_services: vec![VirtualServiceRef {
+                name: "app".into(),
+                namespace: None,
+                routes: None,
+            }],
+            destination_rule: "app".into(),
+            stable: VersionRef {
+                subset: "v1".into(),
+                deployment: "app-v1".into(),
+            },
+            canary: Some(VersionRef {
+                subset: "v2".into(),
+                deployment: "app-v2".into(),
+            }),
+            steps,
+            progress_deadline: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn steps_table() {
+        let cases: Vec<(Vec<Step>, Option<&str>)> = vec![
+            (vec![w(10), p(Some(5)), w(50), p(None), w(100)], None),
+            (vec![w(100)], None),
+            (vec![w(50), w(10), w(100)], Some("spec.steps[1].weight")),
+            (vec![w(10), w(50)], Some("spec.steps[1].weight")),
+            (vec![w(10), w(101)], Some("spec.steps[1].weight")),
+            (vec![p(None)], Some("spec.steps")),
+            (vec![], Some("spec.steps")),
+            (
+                vec![
+                    Step {
+                        weight: Some(10),
+                        pause: Some(Pause::default()),
+                    },
+                    w(100),
+                ],
+                Some("spec.steps[0]"),
+            ),
+            (
+                vec![
+                    Step {
+                        weight: None,
+                        pause: None,
+                    },
+                    w(100),
+                ],
+                Some("spec.steps[0]"),
+            ),
+            (vec![p(Some(0)), w(100)], Some("spec.steps[0].pause.duration")),
+        ];
+        for (steps, want) in cases {
+            let errors = validate_spec(&spec(steps.clone()));
+            match want {
+                None => assert!(errors.is_empty(), "{steps:?}: {errors:?}"),
+                Some(field) => assert!(
+                    errors.iter().any(|e| e.field == field),
+                    "{steps:?}: want error on {field}, got {errors:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn names_and_versions() {
+        let mut s = spec(vec![w(100)]);
+        s.service = "Bad_Name".into();
+        s.canary = Some(VersionRef {
+            subset: "v1".into(),
+            deployment: "other".into(),
+        });
+        let fields: Vec<_> = validate_spec(&s).into_iter().map(|e| e.field).collect();
+        assert!(fields.contains(&"spec.service".to_string()), "{fields:?}");
+        assert!(fields.contains(&"spec.canary.subset".to_string()), "{fields:?}");
+    }
+}

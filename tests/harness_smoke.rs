@@ -1,0 +1,172 @@
+//! Smoke tests of the test harness itself (tests/support).
+mod support;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use std::time::Duration;
+
+const VALID: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+  namespace: smoke
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: stable}
+      weight: 90
+    - destination: {host: reviews, subset: canary}
+      weight: 10
+"#;
+
+const MALFORMED: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: broken
+  namespace: smoke
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: stable}
+      weight: "ten"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_serves_istio_crds() -> anyhow::Result<()> {
+    let cp = support::control_plane().await?;
+    eprintln!("control plane started in {:.1?}", cp.startup_time());
+    let client = support::client().await?;
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let vs = crds.get("virtualservices.networking.istio.io").await?;
+    let conditions = vs.status.and_then(|s| s.conditions).unwrap_or_default();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True"),
+        "VirtualService CRD not established: {conditions:?}"
+    );
+
+    support::create_namespace("smoke").await?;
+    support::create_namespace("smoke").await?; // idempotent
+    let applied = support::apply_yaml(&client, VALID).await?;
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0].data["spec"]["http"][0]["route"][1]["weight"], 10);
+
+    // Rejected both on create (422 from schema validation) and on server-side apply (the typed
+    // patch cannot be built).
+    let malformed: DynamicObject = serde_saphyr::from_str(MALFORMED)?;
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService"));
+    let vss: Api<DynamicObject> = Api::namespaced_with(client.clone(), "smoke", &ar);
+    match vss.create(&PostParams::default(), &malformed).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            assert!(
+                status.message.contains("weight"),
+                "rejection does not mention weight: {status:?}"
+            );
+        }
+        other => panic!("malformed VirtualService not rejected: {other:?}"),
+    }
+    let err = support::apply_yaml(&client, MALFORMED)
+        .await
+        .expect_err("malformed weight applied");
+    assert!(
+        format!("{err:#}").contains("weight"),
+        "rejection does not mention weight: {err:#}"
+    );
+
+    // A service-account token authenticates but carries no admin rights.
+    let token = support::token_for("smoke", "viewer").await?;
+    let limited = support::client_with_token(&token).await?;
+    let denied = Api::<CustomResourceDefinition>::all(limited)
+        .list(&Default::default())
+        .await;
+    assert!(
+        matches!(&denied, Err(kube::Error::Api(status)) if status.code == 403),
+        "expected 403 Forbidden, got {denied:?}"
+    );
+    assert!(cp.kubeconfig_path().is_file());
+    Ok(())
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_added_targets() -> anyhow::Result<()> {
+    let prom = support::Prometheus::start().await?;
+    let own_addr = prom.base_url().trim_start_matches("http://").to_string();
+    prom.add_target(&own_addr).await?;
+    let up = prom
+        .wait_for("up", |s| s.iter().any(|(_, v)| *v == 1.0), Duration::from_secs(30))
+        .await?;
+    assert_eq!(up[0].0.get("job").map(String::as_str), Some("tests"), "{up:?}");
+    assert_eq!(up[0].0.get("instance"), Some(&own_addr));
+    let scalar = prom.query("scalar(vector(2))").await?;
+    assert_eq!(scalar.len(), 1);
+    assert_eq!(scalar[0].1, 2.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn deployments_become_ready_on_the_fake_node() -> anyhow::Result<()> {
+    let cp = support::control_plane_with_nodes().await?;
+    support::create_namespace("nodes").await?;
+    let client = support::client().await?;
+    let deployment = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: nodes}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: example.invalid/web:1}]
+"#;
+    support::apply_yaml(&client, deployment).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client, "nodes");
+    let ready = support::wait_until("2 ready replicas", Duration::from_secs(60), async || {
+        let status = deployments.get("web").await?.status.unwrap_or_default();
+        Ok((status.ready_replicas == Some(2)).then_some(()))
+    })
+    .await;
+    ready.map_err(|e| e.context(cp.logs(20)))?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn spawned_binaries_report_their_first_line() -> anyhow::Result<()> {
+    let mut help = support::spawn_bin("meshsim", &["--help"], &[])?;
+    let first = help.first_line(Duration::from_secs(10)).await?;
+    assert!(first.contains("Istio"), "unexpected first line {first:?}");
+    let status = help.wait(Duration::from_secs(10)).await?;
+    assert!(status.success(), "meshsim --help: {status}\n{}", help.logs(20));
+
+    // A long-running child: the address it prints is scrapeable, and SIGTERM ends it.
+    let cp = support::control_plane().await?;
+    support::create_namespace("smoke-bin").await?;
+    let vs = VALID.replace("namespace: smoke", "namespace: smoke-bin");
+    support::apply_yaml(&support::client().await?, &vs).await?;
+    let kubeconfig = cp.kubeconfig_path().to_string_lossy().into_owned();
+    let args = [
+        "--namespace=smoke-bin",
+        "--virtual-service=reviews",
+        "--service-host=reviews.smoke-bin.svc.cluster.local",
+    ];
+    let mut mesh = support::spawn_bin("meshsim", &args, &[("KUBECONFIG", &kubeconfig)])?;
+    let addr = mesh.listening_addr(Duration::from_secs(30)).await?;
+    let prom = support::Prometheus::start().await?;
+    prom.add_target(&addr).await?;
+    let query = format!("up{{instance=\"{addr}\"}}");
+    let scraped = prom.wait_for(&query, |s| s.iter().any(|(_, v)| *v == 1.0), Duration::from_secs(30));
+    scraped.await.map_err(|e| e.context(mesh.logs(20)))?;
+    let status = mesh.terminate(Duration::from_secs(10)).await?;
+    eprintln!("meshsim exited with {status}");
+    Ok(())
+}
