@@ -96,11 +96,10 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let format = match &cli.command {
-        Command::Run { log_format, .. } => *log_format,
-        _ => LogFormat::Text,
-    };
-    telemetry::init(format);
+    match &cli.command {
+        Command::Run { log_format, .. } => telemetry::init(*log_format, "info,kube=warn"),
+        _ => telemetry::init(LogFormat::Text, "error"),
+    }
     match dispatch(cli.command).await {
         Ok(code) => code,
         Err(e) => {

@@ -11,8 +11,9 @@ pub enum LogFormat {
     Json,
 }
 
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+/// `default_filter` applies when RUST_LOG is unset: the daemon logs at info, the CLI only errors.
+pub fn init(format: LogFormat, default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

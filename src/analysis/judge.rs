@@ -252,7 +252,7 @@ pub fn judge(
     } else {
         None
     };
-    let verdict = |verdict, value, message| Judgement {
+    let judgement = |verdict, value, message| Judgement {
         verdict,
         value,
         stable_value,
@@ -261,14 +261,14 @@ pub fn judge(
     };
 
     if bounds.is_empty() {
-        return verdict(
+        return judgement(
             Verdict::Error,
             None,
             format!("{name} has no min, max or relative bound"),
         );
     }
     let Some(canary) = canary else {
-        return verdict(
+        return judgement(
             Verdict::Inconclusive,
             None,
             format!("{name}: no data for the canary in the window"),
@@ -276,14 +276,14 @@ pub fn judge(
     };
     if let Some(requests) = canary.requests {
         if requests <= 0.0 {
-            return verdict(
+            return judgement(
                 Verdict::Inconclusive,
                 None,
                 format!("{name}: no requests to the canary in the window"),
             );
         }
         if requests < min_requests as f64 {
-            return verdict(
+            return judgement(
                 Verdict::Inconclusive,
                 None,
                 format!(
@@ -295,7 +295,7 @@ pub fn judge(
     }
     let value = canary.value;
     if !value.is_finite() {
-        return verdict(
+        return judgement(
             Verdict::Error,
             None,
             format!("{name}: the canary's value is {}", format_special(value)),
@@ -337,7 +337,7 @@ pub fn judge(
     }
 
     if !failures.is_empty() {
-        return verdict(Verdict::Fail, Some(value), failures.join("; "));
+        return judgement(Verdict::Fail, Some(value), failures.join("; "));
     }
     if stable_missing {
         let why = match stable {
@@ -345,13 +345,13 @@ pub fn judge(
             Some(s) if s.requests.is_some_and(|r| r <= 0.0) => "no requests".to_string(),
             Some(s) => format!("value {}", format_special(s.value)),
         };
-        return verdict(
+        return judgement(
             Verdict::Inconclusive,
             Some(value),
             format!("{name} {value:.2}: stable has {why} in the window to compare with"),
         );
     }
-    verdict(
+    judgement(
         Verdict::Pass,
         Some(value),
         format!("{name} {value:.2} within {threshold}"),
@@ -462,6 +462,8 @@ mod tests {
         sample(&[(NAMESPACE, NS), (WORKLOAD, workload), ("le", le)], value)
     }
 
+    type Buckets = Vec<(&'static str, f64)>;
+
     /// Cumulative buckets of CANARY.
     fn buckets(bs: &[(&str, f64)]) -> Vec<Sample> {
         bs.iter().map(|&(le, v)| bucket(CANARY, le, v)).collect()
@@ -486,7 +488,7 @@ mod tests {
             code(NS, "odd", "", 1.0),
             code(NS, "odd", "504", 4.0),
         ];
-        let cases: [(&str, &str, Option<(f64, f64)>); 6] = [
+        let cases = [
             (NS, CANARY, Some((95.0, 100.0))),
             (NS, "cart-v1", Some((100.0, 1000.0))),
             ("other", CANARY, Some((0.0, 1000.0))),
@@ -520,7 +522,7 @@ mod tests {
             ("+Inf", 100.0),
         ];
         // (quantile, buckets, value, requests)
-        let cases: Vec<(f64, Vec<(&str, f64)>, f64, Option<f64>)> = vec![
+        let cases: Vec<(f64, Buckets, f64, Option<f64>)> = vec![
             // rank 50 is the top of the 10ms bucket.
             (0.5, typical.to_vec(), 10.0, Some(100.0)),
             // rank 95: 250ms bucket, 5 of its 10 → 100 + 150 * 0.5.
@@ -660,7 +662,7 @@ mod tests {
 
     fn check(min: Option<f64>, max: Option<f64>, drop: Option<f64>, inc: Option<f64>) -> MetricCheck {
         MetricCheck {
-            name: "success-rate".into(),
+            name: "sr".into(),
             template: Some("istio-request-success-rate".into()),
             query: None,
             min,
@@ -673,359 +675,247 @@ mod tests {
         }
     }
 
+    const ALL: &str = ">= 90, <= 100, >= stable - 0.5, <= stable + 1";
+
+    #[test]
+    fn thresholds() {
+        let cases = [
+            (check(Some(99.0), None, None, None), ">= 99"),
+            (check(None, Some(500.0), None, None), "<= 500"),
+            (check(Some(99.9), Some(100.0), None, None), ">= 99.9, <= 100"),
+            (check(None, None, Some(0.5), None), ">= stable - 0.5"),
+            (check(None, None, None, Some(10.0)), "<= stable + 10"),
+            (check(Some(90.0), Some(100.0), Some(0.5), Some(1.0)), ALL),
+            (check(None, None, None, None), ""),
+        ];
+        for (check, want) in cases {
+            for canary in [None, Some(Observation::counted(95.0, 1000.0))] {
+                assert_eq!(judge(&check, canary, None, 100).threshold, want);
+            }
+        }
+    }
+
     #[test]
     fn judgements() {
         use Verdict::*;
-        let obs = Observation::counted;
-        let none = None;
+        let obs = |value, requests| Some(Observation::counted(value, requests));
+        let custom = |value| Some(Observation::uncounted(value));
         let min99 = check(Some(99.0), None, None, None);
         let max500 = check(None, Some(500.0), None, None);
         let drop = check(None, None, Some(0.5), None);
         let inc = check(None, None, None, Some(10.0));
         let all = check(Some(90.0), Some(100.0), Some(0.5), Some(1.0));
-        // (check, canary, stable, minRequests, verdict, value, stable value, threshold, message)
-        type Case = (
-            MetricCheck,
-            Option<Observation>,
-            Option<Observation>,
-            u64,
-            Verdict,
-            Option<f64>,
-            Option<f64>,
-            &'static str,
-            &'static str,
-        );
-        let cases: Vec<Case> = vec![
+        let none = check(None, None, None, None);
+        // (check, canary, stable, minRequests, verdict, message)
+        let cases = [
+            (&min99, obs(99.5, 200.0), None, 100, Pass, "sr 99.50 within >= 99"),
+            (&min99, obs(99.0, 200.0), None, 100, Pass, "sr 99.00 within >= 99"),
+            (&min99, obs(90.0, 200.0), None, 100, Fail, "sr 90.00 < min 99"),
+            (&min99, obs(90.0, 100.0), None, 100, Fail, "sr 90.00 < min 99"),
             (
-                min99.clone(),
-                Some(obs(99.5, 200.0)),
-                none,
-                100,
-                Pass,
-                Some(99.5),
+                &min99,
                 None,
-                ">= 99",
-                "success-rate 99.50 within >= 99",
-            ),
-            (
-                min99.clone(),
-                Some(obs(99.0, 200.0)),
-                none,
-                100,
-                Pass,
-                Some(99.0),
                 None,
-                ">= 99",
-                "success-rate 99.00 within >= 99",
-            ),
-            (
-                min99.clone(),
-                Some(obs(90.0, 200.0)),
-                none,
-                100,
-                Fail,
-                Some(90.0),
-                None,
-                ">= 99",
-                "success-rate 90.00 < min 99",
-            ),
-            (
-                min99.clone(),
-                None,
-                none,
                 100,
                 Inconclusive,
-                None,
-                None,
-                ">= 99",
-                "success-rate: no data for the canary in the window",
+                "sr: no data for the canary in the window",
             ),
             (
-                min99.clone(),
-                Some(obs(90.0, 12.0)),
-                none,
+                &min99,
+                obs(90.0, 12.0),
+                None,
                 100,
                 Inconclusive,
-                None,
-                None,
-                ">= 99",
-                "success-rate: 12 requests in the window, fewer than minRequests 100",
+                "sr: 12 requests in the window, fewer than minRequests 100",
             ),
             (
-                min99.clone(),
-                Some(obs(90.0, 99.6)),
-                none,
+                &min99,
+                obs(90.0, 99.6),
+                None,
                 100,
                 Inconclusive,
-                None,
-                None,
-                ">= 99",
-                "success-rate: 99.6 requests in the window, fewer than minRequests 100",
-            ),
-            (
-                min99.clone(),
-                Some(obs(90.0, 100.0)),
-                none,
-                100,
-                Fail,
-                Some(90.0),
-                None,
-                ">= 99",
-                "success-rate 90.00 < min 99",
+                "sr: 99.6 requests in the window, fewer than minRequests 100",
             ),
             // No request is never an Error, whatever minRequests.
             (
-                min99.clone(),
-                Some(obs(f64::NAN, 0.0)),
-                none,
+                &min99,
+                obs(f64::NAN, 0.0),
+                None,
                 0,
                 Inconclusive,
-                None,
-                None,
-                ">= 99",
-                "success-rate: no requests to the canary in the window",
+                "sr: no requests to the canary in the window",
             ),
-            // NaN or infinite with requests: Error.
+            // NaN or infinite despite requests: Error.
             (
-                min99.clone(),
-                Some(obs(f64::NAN, 10.0)),
-                none,
+                &min99,
+                obs(f64::NAN, 10.0),
+                None,
                 0,
                 Error,
-                None,
-                None,
-                ">= 99",
-                "success-rate: the canary's value is NaN",
+                "sr: the canary's value is NaN",
             ),
             (
-                max500.clone(),
-                Some(Observation::uncounted(f64::INFINITY)),
-                none,
-                100,
+                &max500,
+                custom(f64::INFINITY),
+                None,
+                0,
                 Error,
-                None,
-                None,
-                "<= 500",
-                "success-rate: the canary's value is +Inf",
+                "sr: the canary's value is +Inf",
             ),
             (
-                max500.clone(),
-                Some(Observation::uncounted(f64::NAN)),
-                none,
-                100,
+                &max500,
+                custom(f64::NEG_INFINITY),
+                None,
+                0,
                 Error,
-                None,
-                None,
-                "<= 500",
-                "success-rate: the canary's value is NaN",
+                "sr: the canary's value is -Inf",
             ),
-            // Custom queries: minRequests does not apply to an unknown count.
-            (
-                max500.clone(),
-                Some(Observation::uncounted(612.3)),
-                none,
-                100,
-                Fail,
-                Some(612.3),
-                None,
-                "<= 500",
-                "success-rate 612.30 > max 500",
-            ),
-            (
-                max500.clone(),
-                Some(Observation::uncounted(500.0)),
-                none,
-                100,
-                Pass,
-                Some(500.0),
-                None,
-                "<= 500",
-                "success-rate 500.00 within <= 500",
-            ),
+            // Custom queries: minRequests cannot apply to an unknown count.
+            (&max500, custom(612.3), None, 100, Fail, "sr 612.30 > max 500"),
+            (&max500, custom(500.0), None, 100, Pass, "sr 500.00 within <= 500"),
             // Relative bounds.
             (
-                drop.clone(),
-                Some(obs(99.6, 200.0)),
-                Some(obs(100.0, 900.0)),
+                &drop,
+                obs(99.6, 200.0),
+                obs(100.0, 900.0),
                 100,
                 Pass,
-                Some(99.6),
-                Some(100.0),
-                ">= stable - 0.5",
-                "success-rate 99.60 within >= stable - 0.5",
+                "sr 99.60 within >= stable - 0.5",
             ),
             (
-                drop.clone(),
-                Some(obs(99.0, 200.0)),
-                Some(obs(99.8, 900.0)),
+                &drop,
+                obs(99.0, 200.0),
+                obs(99.8, 900.0),
                 100,
                 Fail,
-                Some(99.0),
-                Some(99.8),
-                ">= stable - 0.5",
-                "success-rate 99.00 < stable 99.80 - 0.5 (max drop from stable)",
+                "sr 99.00 < stable 99.80 - 0.5 (max drop from stable)",
             ),
             (
-                drop.clone(),
-                Some(obs(99.0, 200.0)),
+                &drop,
+                obs(99.0, 200.0),
                 None,
                 100,
                 Inconclusive,
-                Some(99.0),
-                None,
-                ">= stable - 0.5",
-                "success-rate 99.00: stable has no data in the window to compare with",
+                "sr 99.00: stable has no data in the window to compare with",
             ),
             (
-                drop.clone(),
-                Some(obs(99.0, 200.0)),
-                Some(obs(f64::NAN, 0.0)),
+                &drop,
+                obs(99.0, 200.0),
+                obs(f64::NAN, 0.0),
                 100,
                 Inconclusive,
-                Some(99.0),
-                None,
-                ">= stable - 0.5",
-                "success-rate 99.00: stable has no requests in the window to compare with",
+                "sr 99.00: stable has no requests in the window to compare with",
             ),
             (
-                drop.clone(),
-                Some(obs(99.0, 200.0)),
-                Some(Observation::uncounted(f64::NAN)),
+                &drop,
+                obs(99.0, 200.0),
+                custom(f64::NAN),
                 100,
                 Inconclusive,
-                Some(99.0),
-                None,
-                ">= stable - 0.5",
-                "success-rate 99.00: stable has value NaN in the window to compare with",
+                "sr 99.00: stable has value NaN in the window to compare with",
             ),
             // Stable's own traffic is not held to minRequests.
             (
-                drop.clone(),
-                Some(obs(99.0, 200.0)),
-                Some(obs(99.0, 3.0)),
+                &drop,
+                obs(99.0, 200.0),
+                obs(99.0, 3.0),
                 100,
                 Pass,
-                Some(99.0),
-                Some(99.0),
-                ">= stable - 0.5",
-                "success-rate 99.00 within >= stable - 0.5",
+                "sr 99.00 within >= stable - 0.5",
             ),
             (
-                inc.clone(),
-                Some(obs(120.0, 200.0)),
-                Some(obs(100.0, 900.0)),
+                &inc,
+                obs(120.0, 200.0),
+                obs(100.0, 900.0),
                 100,
                 Fail,
-                Some(120.0),
-                Some(100.0),
-                "<= stable + 10",
-                "success-rate 120.00 > stable 100.00 + 10 (max increase over stable)",
+                "sr 120.00 > stable 100.00 + 10 (max increase over stable)",
             ),
             (
-                inc.clone(),
-                Some(obs(110.0, 200.0)),
-                Some(obs(100.0, 900.0)),
+                &inc,
+                obs(110.0, 200.0),
+                obs(100.0, 900.0),
                 100,
                 Pass,
-                Some(110.0),
-                Some(100.0),
-                "<= stable + 10",
-                "success-rate 110.00 within <= stable + 10",
+                "sr 110.00 within <= stable + 10",
             ),
-            // All bounds together.
+            // All bounds must hold; every broken one is named.
             (
-                all.clone(),
-                Some(obs(95.0, 200.0)),
-                Some(obs(95.2, 900.0)),
+                &all,
+                obs(95.0, 200.0),
+                obs(95.2, 900.0),
                 100,
                 Pass,
-                Some(95.0),
-                Some(95.2),
-                ">= 90, <= 100, >= stable - 0.5, <= stable + 1",
-                "success-rate 95.00 within >= 90, <= 100, >= stable - 0.5, <= stable + 1",
+                "sr 95.00 within >= 90, <= 100, >= stable - 0.5, <= stable + 1",
             ),
             (
-                all.clone(),
-                Some(obs(85.0, 200.0)),
-                Some(obs(99.0, 900.0)),
+                &all,
+                obs(85.0, 200.0),
+                obs(99.0, 900.0),
                 100,
                 Fail,
-                Some(85.0),
-                Some(99.0),
-                ">= 90, <= 100, >= stable - 0.5, <= stable + 1",
-                "success-rate 85.00 < min 90; success-rate 85.00 < stable 99.00 - 0.5 (max drop from stable)",
+                "sr 85.00 < min 90; sr 85.00 < stable 99.00 - 0.5 (max drop from stable)",
             ),
             (
-                all.clone(),
-                Some(obs(97.0, 200.0)),
-                Some(obs(95.0, 900.0)),
+                &all,
+                obs(97.0, 200.0),
+                obs(95.0, 900.0),
                 100,
                 Fail,
-                Some(97.0),
-                Some(95.0),
-                ">= 90, <= 100, >= stable - 0.5, <= stable + 1",
-                "success-rate 97.00 > stable 95.00 + 1 (max increase over stable)",
+                "sr 97.00 > stable 95.00 + 1 (max increase over stable)",
             ),
             // A broken absolute bound fails even without stable.
+            (&all, obs(85.0, 200.0), None, 100, Fail, "sr 85.00 < min 90"),
             (
-                all.clone(),
-                Some(obs(85.0, 200.0)),
-                None,
-                100,
-                Fail,
-                Some(85.0),
-                None,
-                ">= 90, <= 100, >= stable - 0.5, <= stable + 1",
-                "success-rate 85.00 < min 90",
-            ),
-            (
-                all.clone(),
-                Some(obs(95.0, 200.0)),
+                &all,
+                obs(95.0, 200.0),
                 None,
                 100,
                 Inconclusive,
-                Some(95.0),
-                None,
-                ">= 90, <= 100, >= stable - 0.5, <= stable + 1",
-                "success-rate 95.00: stable has no data in the window to compare with",
-            ),
-            // Stable's value is not reported when no relative bound needs it.
-            (
-                min99.clone(),
-                Some(obs(99.5, 200.0)),
-                Some(obs(98.0, 900.0)),
-                100,
-                Pass,
-                Some(99.5),
-                None,
-                ">= 99",
-                "success-rate 99.50 within >= 99",
+                "sr 95.00: stable has no data in the window to compare with",
             ),
             // No bound at all (rejected by validation).
             (
-                check(None, None, None, None),
-                Some(obs(99.5, 200.0)),
-                none,
+                &none,
+                obs(99.5, 200.0),
+                None,
                 100,
                 Error,
-                None,
-                None,
-                "",
-                "success-rate has no min, max or relative bound",
+                "sr has no min, max or relative bound",
             ),
         ];
-        for (i, (check, canary, stable, min_requests, verdict, value, stable_value, threshold, message)) in
-            cases.into_iter().enumerate()
-        {
-            let got = judge(&check, canary, stable, min_requests);
-            let want = Judgement {
-                verdict,
-                value,
-                stable_value,
-                threshold: threshold.to_string(),
-                message: message.to_string(),
-            };
-            assert_eq!(got, want, "case {i}");
+        for (check, canary, stable, min_requests, verdict, message) in cases {
+            let got = judge(check, canary, stable, min_requests);
+            assert_eq!((got.verdict, got.message.as_str()), (verdict, message), "{check:?}");
+        }
+    }
+
+    #[test]
+    fn reported_values() {
+        let obs = |value, requests| Some(Observation::counted(value, requests));
+        let min99 = check(Some(99.0), None, None, None);
+        let drop = check(None, None, Some(0.5), None);
+        // (check, canary, stable, value, stable value)
+        let cases = [
+            (&min99, obs(99.5, 200.0), None, Some(99.5), None),
+            (&min99, obs(90.0, 200.0), None, Some(90.0), None),
+            // Not judged: no value to report.
+            (&min99, obs(90.0, 12.0), None, None, None),
+            (&min99, obs(f64::NAN, 10.0), None, None, None),
+            (&min99, None, None, None, None),
+            // Stable's value only when a relative bound used it.
+            (&min99, obs(99.5, 200.0), obs(98.0, 900.0), Some(99.5), None),
+            (&drop, obs(99.0, 200.0), obs(99.8, 900.0), Some(99.0), Some(99.8)),
+            (&drop, obs(99.0, 200.0), obs(f64::NAN, 0.0), Some(99.0), None),
+            (&drop, obs(99.0, 20.0), obs(99.8, 900.0), None, Some(99.8)),
+        ];
+        for (check, canary, stable, value, stable_value) in cases {
+            let got = judge(check, canary, stable, 100);
+            assert_eq!(
+                (got.value, got.stable_value),
+                (value, stable_value),
+                "{canary:?} {stable:?}"
+            );
         }
     }
 

@@ -206,9 +206,9 @@ pub fn check(query: &str) -> Result<(), TemplateError> {
 /// A PromQL duration for `d` in whole seconds, rounded up (at least `1s`): `30s`, `1m`, `90s`, `2h`.
 pub fn format_window(d: Duration) -> String {
     let secs = (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1);
-    if secs % 3600 == 0 {
+    if secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
-    } else if secs % 60 == 0 {
+    } else if secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")

@@ -469,6 +469,14 @@ impl Planner<'_> {
                 format!("{}: no rollout in progress", cmd.kind.as_str()),
             );
         }
+        // Report what the route carries now; without a canary nothing else is ours to say.
+        self.st.stable_weight = self
+            .obs
+            .routes
+            .first()
+            .and_then(|r| r.get(&stable.subset).copied())
+            .unwrap_or(100);
+        self.st.canary_weight = 0;
         if self.st.phase != Phase::Succeeded {
             self.transition(
                 Phase::Healthy,

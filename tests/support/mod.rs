@@ -13,7 +13,7 @@ pub use controlplane::{ControlPlane, client, control_plane, control_plane_with_n
 #[allow(unused_imports)]
 pub use k8s::{apply_yaml, client_with_token, create_namespace, token_for};
 #[allow(unused_imports)]
-pub use process::{ChildProc, spawn_bin};
+pub use process::{ChildProc, bin_path, spawn_bin};
 #[allow(unused_imports)]
 pub use prometheus::{Prometheus, Sample};
 

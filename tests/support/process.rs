@@ -261,15 +261,33 @@ fn copy_stdout(stdout: std::process::ChildStdout, mut log: File, first: oneshot:
     }
 }
 
+/// Path of one of this crate's binaries: Cargo tells integration tests; an example (the demo) finds
+/// them next to its own directory, target/<profile>/.
+pub fn bin_path(name: &str) -> Result<PathBuf> {
+    let known = match name {
+        "canaryd" => option_env!("CARGO_BIN_EXE_canaryd"),
+        "meshsim" => option_env!("CARGO_BIN_EXE_meshsim"),
+        other => bail!("unknown binary {other:?} (expected canaryd or meshsim)"),
+    };
+    if let Some(path) = known {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("locating the current executable")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("executable has no target/<profile> directory")?;
+    let path = profile_dir.join(name);
+    if !path.is_file() {
+        bail!("{} not built: run `cargo build --bins` first", path.display());
+    }
+    Ok(path)
+}
+
 /// Starts one of this crate's binaries (`canaryd` or `meshsim`) with its stdout piped so the
 /// first line can be read; logs go to a fresh scratch directory.
 pub fn spawn_bin(name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<ChildProc> {
-    let path = match name {
-        "canaryd" => env!("CARGO_BIN_EXE_canaryd"),
-        "meshsim" => env!("CARGO_BIN_EXE_meshsim"),
-        other => bail!("unknown binary {other:?} (expected canaryd or meshsim)"),
-    };
-    let mut cmd = Command::new(path);
+    let mut cmd = Command::new(bin_path(name)?);
     cmd.args(args).envs(env.iter().copied());
     ChildProc::spawn(name, cmd, &scratch_dir(name)?, true)
 }

@@ -1,4 +1,6 @@
-//! Smoke tests of the test harness itself (tests/support).
+//! The foundation: the real control plane with Istio's schemas, least-privilege RBAC from deploy/,
+//! and the mesh simulator's traffic as the real Prometheus sees it.
+mod fixture;
 mod support;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -169,4 +171,141 @@ async fn spawned_binaries_report_their_first_line() -> anyhow::Result<()> {
     let status = mesh.terminate(Duration::from_secs(10)).await?;
     eprintln!("meshsim exited with {status}");
     Ok(())
+}
+
+/// The daemon's ServiceAccount, bound by exactly deploy/rbac.yaml, may patch VirtualServices and
+/// nothing it does not need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_rbac_is_least_privilege() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{DeleteParams, Patch, PatchParams};
+
+    let seed = fixture::seed("rbac").await?;
+    let kubeconfig = fixture::daemon_kubeconfig().await?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(&kubeconfig)?, &Default::default())
+            .await?;
+    let daemon = kube::Client::try_from(config)?;
+    let ar = canaryd::mesh::istio::virtual_service_resource();
+    let vss: Api<DynamicObject> = Api::namespaced_with(daemon.clone(), &seed.vs_ns, &ar);
+    let patch = serde_json::json!([{"op": "add", "path": "/spec/http/1/route/0/weight", "value": 100}]);
+    vss.patch(
+        "istio-test-vs",
+        &PatchParams::default(),
+        &Patch::<()>::Json(serde_json::from_value(patch)?),
+    )
+    .await?;
+
+    let forbidden = |r: Result<(), kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(()),
+        other => Err(anyhow::anyhow!("{what}: expected 403, got {other:?}")),
+    };
+    let deployments: Api<Deployment> = Api::namespaced(daemon.clone(), &seed.ns);
+    forbidden(
+        deployments
+            .delete("istio-test-v1", &DeleteParams::default())
+            .await
+            .map(|_| ()),
+        "delete a Deployment",
+    )?;
+    let mut vs = vss.get("istio-test-vs").await?;
+    vs.metadata.managed_fields = None;
+    forbidden(
+        vss.replace("istio-test-vs", &PostParams::default(), &vs)
+            .await
+            .map(|_| ()),
+        "replace a whole VirtualService",
+    )?;
+    let secrets: Api<Secret> = Api::namespaced(daemon.clone(), &seed.ns);
+    forbidden(secrets.list(&Default::default()).await.map(|_| ()), "list Secrets")?;
+    let policies: Api<canaryd::policy::types::RolloutPolicy> = Api::namespaced(daemon, &seed.ns);
+    forbidden(
+        policies.delete("anything", &DeleteParams::default()).await.map(|_| ()),
+        "delete a RolloutPolicy",
+    )?;
+    Ok(())
+}
+
+/// Weights in the VirtualService are followed by the mesh simulator, and the real Prometheus shows
+/// the split and the success rate with Istio's own metric names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_sees_the_mesh_follow_the_weights() -> anyhow::Result<()> {
+    use kube::api::{Patch, PatchParams};
+
+    let seed = fixture::seed("mesh").await?;
+    let ar = canaryd::mesh::istio::virtual_service_resource();
+    let vss: Api<DynamicObject> = Api::namespaced_with(seed.client.clone(), &seed.vs_ns, &ar);
+    let split = serde_json::json!([
+        {"op": "add", "path": "/spec/http/1/route/0/weight", "value": 90},
+        {"op": "add", "path": "/spec/http/1/route/-",
+         "value": {"destination": {"host": format!("istio-test.{}.svc.cluster.local", seed.ns), "subset": "v2"}, "weight": 10}}
+    ]);
+    vss.patch(
+        "istio-test-vs",
+        &PatchParams::default(),
+        &Patch::<()>::Json(serde_json::from_value(split)?),
+    )
+    .await?;
+
+    let cp = support::control_plane().await?;
+    let kubeconfig = cp.kubeconfig_path().to_string_lossy().into_owned();
+    let host = format!("--service-host=istio-test.{}.svc.cluster.local", seed.ns);
+    let ns_arg = format!("--namespace={}", seed.vs_ns);
+    let args = [
+        ns_arg.as_str(),
+        "--virtual-service=istio-test-vs",
+        host.as_str(),
+        "--route=primary",
+        "--subset=v1=istio-test-v1",
+        "--subset=v2=istio-test-v2",
+        "--rps=400",
+    ];
+    let mut mesh = support::spawn_bin("meshsim", &args, &[("KUBECONFIG", &kubeconfig)])?;
+    let addr = mesh.listening_addr(Duration::from_secs(30)).await?;
+    let prom = support::Prometheus::start().await?;
+    prom.add_target(&addr).await?;
+
+    let ns = seed.ns.clone();
+    let rate = |version: &str, extra: &str, window: &str| {
+        format!(
+            "sum(rate(istio_requests_total{{reporter=\"destination\",destination_workload_namespace=\"{ns}\",destination_version=\"{version}\"{extra}}}[{window}]))"
+        )
+    };
+    let ratio = format!("{} / {}", rate("v1", "", "10s"), rate("v2", "", "10s"));
+    let run = async {
+        let seen = prom
+            .wait_for(
+                &ratio,
+                |s| s.first().is_some_and(|(_, v)| (*v - 9.0).abs() < 9.0 * 0.03),
+                Duration::from_secs(60),
+            )
+            .await?;
+        eprintln!("v1:v2 request rate ratio in Prometheus: {:.3}", seen[0].1);
+
+        let http = reqwest::Client::new();
+        let resp = http
+            .put(format!("http://{addr}/subsets/v2"))
+            .json(&serde_json::json!({"successRatio": 0.8}))
+            .send()
+            .await?;
+        anyhow::ensure!(resp.status().is_success(), "meshsim admin: {}", resp.status());
+        // Istio's success rate, as Flagger computes it: non-5xx over all, in percent.
+        let success = format!(
+            "{} / {} * 100",
+            rate("v2", ",response_code!~\"5.*\"", "5s"),
+            rate("v2", "", "5s")
+        );
+        let seen = prom
+            .wait_for(
+                &success,
+                |s| s.first().is_some_and(|(_, v)| (*v - 80.0).abs() < 80.0 * 0.03),
+                Duration::from_secs(60),
+            )
+            .await?;
+        eprintln!("v2 success rate in Prometheus: {:.2}%", seen[0].1);
+        anyhow::Ok(())
+    };
+    let result = run.await.map_err(|e| e.context(mesh.logs(20)).context(prom.logs(10)));
+    mesh.terminate(Duration::from_secs(10)).await?;
+    result
 }
