@@ -14,6 +14,8 @@ pub enum Error {
     Yaml(String),
     #[error("object has no {0}")]
     MissingField(&'static str),
+    #[error("{0}")]
+    Secret(String),
 }
 
 impl Error {
@@ -27,6 +29,7 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::Json(_) | Error::Yaml(_) => "encoding",
             Error::MissingField(_) => "invalid_object",
+            Error::Secret(_) => "secret",
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod plan;
 pub mod policy;
+pub mod scale;
 pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -20,6 +20,16 @@ pub struct ReconcileLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CategoryLabels {
+    pub category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub namespace: String,
     pub policy: String,
@@ -39,6 +49,14 @@ pub struct Metrics {
     pub weight_changes: Counter,
     pub phase: Family<PhaseLabels, Gauge>,
     pub canary_weight: Family<PolicyLabels, Gauge>,
+    pub rollbacks: Counter,
+    pub promotions: Counter,
+    /// Analysis: distinct Prometheus queries asked, ticks, results by verdict, errors by category.
+    pub prometheus_queries: Counter,
+    pub prometheus_errors: Family<CategoryLabels, Counter>,
+    pub analysis_ticks: Counter,
+    pub checks: Family<VerdictLabels, Counter>,
+    pub analysis_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -49,6 +67,13 @@ impl Default for Metrics {
         let weight_changes = Counter::default();
         let phase = Family::<PhaseLabels, Gauge>::default();
         let canary_weight = Family::<PolicyLabels, Gauge>::default();
+        let rollbacks = Counter::default();
+        let promotions = Counter::default();
+        let prometheus_queries = Counter::default();
+        let prometheus_errors = Family::<CategoryLabels, Counter>::default();
+        let analysis_ticks = Counter::default();
+        let checks = Family::<VerdictLabels, Counter>::default();
+        let analysis_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         registry.register(
             "reconciles",
             "Reconciles by result and error category",
@@ -66,6 +91,29 @@ impl Default for Metrics {
             "Traffic share of the canary",
             canary_weight.clone(),
         );
+        registry.register("rollbacks", "Rollouts rolled back", rollbacks.clone());
+        registry.register("promotions", "Canaries promoted to stable", promotions.clone());
+        registry.register(
+            "prometheus_queries",
+            "Distinct Prometheus queries asked",
+            prometheus_queries.clone(),
+        );
+        registry.register(
+            "prometheus_errors",
+            "Prometheus queries that failed, by category",
+            prometheus_errors.clone(),
+        );
+        registry.register(
+            "analysis_ticks",
+            "Analysis checks run (one per Prometheus per tick)",
+            analysis_ticks.clone(),
+        );
+        registry.register("analysis_checks", "Metric check results by verdict", checks.clone());
+        registry.register(
+            "analysis_duration_seconds",
+            "Time of one analysis tick",
+            analysis_duration.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             reconciles,
@@ -73,6 +121,13 @@ impl Default for Metrics {
             weight_changes,
             phase,
             canary_weight,
+            rollbacks,
+            promotions,
+            prometheus_queries,
+            prometheus_errors,
+            analysis_ticks,
+            checks,
+            analysis_duration,
         }
     }
 }

@@ -27,6 +27,22 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+impl Credentials {
+    /// A hash that tells two credentials apart without revealing them (cache keys, change detection).
+    pub fn fingerprint(&self) -> String {
+        let text = match self {
+            Credentials::Bearer(t) => format!("bearer\0{t}"),
+            Credentials::Basic { username, password } => format!("basic\0{username}\0{password}"),
+        };
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{hash:016x}")
+    }
+}
+
 /// Why a query got no result. Clone: one grouped query's outcome is shared by many rollouts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PromError {

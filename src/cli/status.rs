@@ -96,6 +96,26 @@ pub fn detail(p: &RolloutPolicy) -> String {
     if let Some(m) = &st.message {
         let _ = writeln!(out, "  last   {m}");
     }
+    if let Some(a) = &st.analysis {
+        let verdict = a.verdict.map(|v| v.as_str()).unwrap_or("-");
+        let _ = writeln!(
+            out,
+            "  analysis {verdict} (failed {} / inconclusive {} / errors {} in a row)",
+            a.failures, a.inconclusive, a.errors
+        );
+        for m in &a.metrics {
+            let value = m.value.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+            let stable = m.stable_value.map(|v| format!(" (stable {v:.2})")).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "    {:<16} {:<12} {value}{stable}  [{}] over {}",
+                m.name,
+                m.verdict.as_str(),
+                m.threshold,
+                m.window
+            );
+        }
+    }
     out
 }
 

@@ -2,6 +2,7 @@
 //! observe → plan → act → status for each.
 
 mod act;
+mod analysis;
 pub mod observe;
 
 use std::sync::Arc;
@@ -17,9 +18,11 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tracing::{Instrument, info_span, warn};
 
+use crate::analysis::engine::{Engine, Key};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::plan::plan;
+use crate::policy::types::Phase;
 use crate::policy::types::RolloutPolicy;
 
 /// Look again this often even when nothing changes: catches drift in objects we do not watch.
@@ -30,6 +33,7 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    pub engine: Arc<Engine>,
 }
 
 /// Run the controller until SIGTERM/SIGINT, over all namespaces or just one.
@@ -42,10 +46,15 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, namespace: Option<&str>)
         controller: "canaryd".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    // The analysis engine wakes a policy when a check of it is done.
+    let (wake, woken) = futures::channel::mpsc::unbounded::<Key>();
+    let engine = Arc::new(Engine::new(wake, metrics.clone()));
+    tokio::spawn(engine.clone().run());
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client, reporter),
         metrics,
+        engine,
     });
     let controller = Controller::new(policies, watcher::Config::default().any_semantic());
     let store = controller.store();
@@ -65,6 +74,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, namespace: Option<&str>)
                     .collect::<Vec<_>>()
             },
         )
+        .reconcile_on(woken.map(|(ns, name)| ObjectRef::new(&name).within(&ns)))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -111,13 +121,23 @@ fn error_policy(policy: Arc<RolloutPolicy>, error: &Error, _ctx: Arc<Context>) -
 impl RolloutPolicy {
     /// One pass of the pipeline. Idempotent: every step can be repeated after a crash at any point.
     async fn reconcile(&self, ctx: &Context) -> Result<Requeue> {
-        let observed = observe::observe(&ctx.client, self).await?;
+        let key: Key = (self.namespace().unwrap_or_default(), self.name_any());
+        let seen = observe::observe(&ctx.client, self, ctx.engine.latest(&key)).await?;
         let current = self.status.clone().unwrap_or_default();
-        let plan = plan(&self.spec, &current, &observed, Timestamp::now());
+        let plan = plan(&self.spec, &current, &seen.observed, Timestamp::now());
         act::carry_out(self, ctx, &plan.actions).await?;
         if plan.status != current {
             act::write_status(self, ctx, &plan.status).await?;
+            if plan.status.phase != current.phase {
+                match plan.status.phase {
+                    Phase::RolledBack => ctx.metrics.rollbacks.inc(),
+                    Phase::Succeeded => ctx.metrics.promotions.inc(),
+                    _ => 0,
+                };
+            }
         }
+        let request = analysis::request(&ctx.client, self, &plan.status, &seen.versions).await?;
+        ctx.engine.want(key, request);
         ctx.metrics.record_policy(self, &plan.status);
         Ok(match plan.requeue {
             Some(d) if d.is_zero() => Requeue::requeue(Duration::from_millis(50)),

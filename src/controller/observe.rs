@@ -8,6 +8,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
+use crate::analysis::engine::Check;
 use crate::error::Result;
 use crate::gates::commands;
 use crate::mesh::istio::{destination_rules, to_value, virtual_services};
@@ -56,7 +57,18 @@ pub fn vs_refs(policy: &RolloutPolicy) -> Vec<(String, String, Option<Vec<String
         .collect()
 }
 
-pub async fn observe(client: &Client, policy: &RolloutPolicy) -> Result<Observed> {
+/// What the planner needs, plus each Deployment's `version` label (for analysis queries).
+pub struct Observation {
+    pub observed: Observed,
+    pub versions: BTreeMap<String, String>,
+}
+
+fn version_label(d: &Deployment) -> Option<(String, String)> {
+    let labels = d.spec.template.metadata.as_ref()?.labels.as_ref()?;
+    Some((d.name_any(), labels.get("version")?.clone()))
+}
+
+pub async fn observe(client: &Client, policy: &RolloutPolicy, analysis: Option<Check>) -> Result<Observation> {
     let ns = policy.namespace().unwrap_or_default();
     let spec = &policy.spec;
     let stable = policy
@@ -122,13 +134,22 @@ pub async fn observe(client: &Client, policy: &RolloutPolicy) -> Result<Observed
         Ok(c) => (c, None),
         Err(e) => (None, Some(e.to_string())),
     };
-    Ok(Observed {
-        generation: policy.metadata.generation,
-        problems,
-        canary: canary_dep.as_ref().map(deployment_state),
-        routes,
-        command,
-        command_error,
+    let versions = [stable_dep.as_ref(), canary_dep.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(version_label)
+        .collect();
+    Ok(Observation {
+        observed: Observed {
+            generation: policy.metadata.generation,
+            problems,
+            canary: canary_dep.as_ref().map(deployment_state),
+            routes,
+            command,
+            command_error,
+            analysis,
+        },
+        versions,
     })
 }
 

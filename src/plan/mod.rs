@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use crate::analysis::engine::Check;
+use crate::analysis::judge::aggregate;
 use crate::gates::commands::{Command, CommandKind};
 use crate::policy::types::{
-    CanaryStatus, Condition, Phase, RolloutPolicySpec, RolloutPolicyStatus, Transition, VersionRef,
+    AnalysisStatus, CanaryStatus, Condition, Phase, ProviderErrorAction, RolloutPolicySpec, RolloutPolicyStatus,
+    Transition, Verdict, VersionRef,
 };
 use crate::policy::validate::validate_spec;
 
@@ -58,6 +61,8 @@ pub struct Observed {
     pub command: Option<Command>,
     /// An annotation that is not a valid command, to report.
     pub command_error: Option<String>,
+    /// The newest analysis check of this policy's canary, if any.
+    pub analysis: Option<Check>,
 }
 
 impl Observed {
@@ -219,6 +224,10 @@ impl Planner<'_> {
                 }
                 CommandKind::Resume => {
                     self.st.paused = false;
+                    if let Some(a) = self.st.analysis.as_mut() {
+                        a.inconclusive = 0;
+                        a.errors = 0;
+                    }
                     self.event(EventType::Normal, "ResumeRequested", format!("rollout resumed{by}"));
                 }
                 CommandKind::Promote => promote = Some((false, by)),
@@ -235,14 +244,21 @@ impl Planner<'_> {
             self.clear_progressing();
             return;
         }
+        self.fold_check();
+        if self.judge_analysis(&stable, &desired) {
+            return;
+        }
         if self.st.paused && promote.is_none() {
             self.ensure_current_weights(&stable, &desired);
             self.st.pending_approval = None;
-            self.transition(
-                Phase::Paused,
-                "Paused",
-                "paused by command; `canaryd resume` to go on".into(),
-            );
+            // A pause for too many inconclusive checks keeps saying why.
+            if self.st.history.last().is_none_or(|t| t.reason != "Inconclusive") {
+                self.transition(
+                    Phase::Paused,
+                    "Paused",
+                    "paused by command; `canaryd resume` to go on".into(),
+                );
+            }
             return;
         }
         self.walk(&stable, &desired, &dep, promote);
@@ -257,24 +273,27 @@ impl Planner<'_> {
         mut promote: Option<(bool, String)>,
     ) {
         let steps = &self.spec.steps;
-        if let Some((true, by)) = &promote {
-            // promote --full: straight to the last weight step (100), skipping pauses.
-            let last = steps.iter().rposition(|s| s.weight.is_some()).unwrap_or(0);
-            if self.st.step.unwrap_or(0) as usize <= last {
-                self.st.step = Some(last as u32);
-                self.st.step_started_at = Some(self.now);
-            }
+        if let Some((true, by)) = &promote
+            && dep.is_ready()
+        {
+            // promote --full: 100 % now and done, skipping pauses and the analysis gate.
             self.st.paused = false;
             self.event(
                 EventType::Normal,
                 "PromotedFull",
                 format!("full promotion requested{by}"),
             );
-            promote = None;
+            if !self.obs.weights_are(&stable.subset, Some(&canary.subset), 100) || self.st.canary_weight != 100 {
+                self.set_weights(stable, Some(canary), 100);
+            }
+            return self.succeed(canary);
         }
         loop {
             let index = self.st.step.unwrap_or(0) as usize;
             let Some(step) = steps.get(index) else {
+                if self.waits_for_analysis(canary, 100) {
+                    return;
+                }
                 return self.succeed(canary);
             };
             let started = self.st.step_started_at.unwrap_or(self.now);
@@ -304,6 +323,12 @@ impl Planner<'_> {
                         ),
                     );
                     self.requeue = Some(READY_POLL.min(self.spec.progress_deadline.saturating_sub(waited)));
+                    return;
+                }
+                if weight > self.st.canary_weight
+                    && self.st.canary_weight > 0
+                    && self.waits_for_analysis(canary, weight)
+                {
                     return;
                 }
                 self.st.step = Some(index as u32 + 1);
@@ -380,6 +405,131 @@ impl Planner<'_> {
         }
     }
 
+    /// Fold the newest check into the counters, once.
+    fn fold_check(&mut self) {
+        if self.spec.analysis.is_none() {
+            self.st.analysis = None;
+            return;
+        }
+        let a = self.st.analysis.get_or_insert_with(AnalysisStatus::default);
+        let Some(check) = &self.obs.analysis else { return };
+        let fresh = a.since.is_some_and(|s| check.at >= s) && a.last_check.is_none_or(|l| check.at > l);
+        if !fresh {
+            return;
+        }
+        let verdict = aggregate(check.results.iter().map(|r| r.verdict));
+        a.last_check = Some(check.at);
+        a.verdict = Some(verdict);
+        a.metrics = check.results.clone();
+        match verdict {
+            Verdict::Pass => (a.failures, a.inconclusive, a.errors) = (0, 0, 0),
+            Verdict::Fail => (a.failures, a.inconclusive, a.errors) = (a.failures + 1, 0, 0),
+            Verdict::Inconclusive => (a.inconclusive, a.errors) = (a.inconclusive + 1, 0),
+            Verdict::Error => a.errors += 1,
+        }
+    }
+
+    /// Act on the counters: roll back on an SLO breach, hold on provider errors, pause for a human
+    /// after too many inconclusive checks. True when the reconcile ends here.
+    fn judge_analysis(&mut self, stable: &VersionRef, canary: &VersionRef) -> bool {
+        let (Some(spec), Some(a)) = (self.spec.analysis.as_ref(), self.st.analysis.clone()) else {
+            return false;
+        };
+        let detail = |verdict: Verdict| {
+            a.metrics
+                .iter()
+                .filter(|r| r.verdict == verdict)
+                .map(|r| format!("{} over {}", r.message, r.window))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        if a.failures >= spec.failure_limit {
+            self.send_all_to_stable(stable);
+            self.halt(
+                Phase::RolledBack,
+                "AnalysisFailed",
+                format!(
+                    "{} ({} failed check(s) in a row, failureLimit {}); all traffic on stable {}",
+                    detail(Verdict::Fail),
+                    a.failures,
+                    spec.failure_limit,
+                    stable.subset
+                ),
+            );
+            return true;
+        }
+        if a.errors >= spec.on_provider_error.after {
+            let message = format!(
+                "{} provider errors in a row (onProviderError.after {}): {}",
+                a.errors,
+                spec.on_provider_error.after,
+                detail(Verdict::Error)
+            );
+            if spec.on_provider_error.action == ProviderErrorAction::Rollback {
+                self.send_all_to_stable(stable);
+                self.halt(
+                    Phase::RolledBack,
+                    "ProviderErrors",
+                    format!("{message}; all traffic on stable"),
+                );
+            } else {
+                self.ensure_current_weights(stable, canary);
+                self.st.pending_approval = None;
+                self.transition(
+                    Phase::Paused,
+                    "ProviderErrors",
+                    format!("{message}; holding until checks answer"),
+                );
+            }
+            return true;
+        }
+        if a.inconclusive >= spec.inconclusive_limit && !self.st.paused {
+            self.st.paused = true;
+            self.st.pending_approval = None;
+            self.ensure_current_weights(stable, canary);
+            self.transition(
+                Phase::Paused,
+                "Inconclusive",
+                format!(
+                    "{} inconclusive checks in a row (inconclusiveLimit {}): {}; `canaryd resume` to go on",
+                    a.inconclusive,
+                    spec.inconclusive_limit,
+                    detail(Verdict::Inconclusive)
+                ),
+            );
+            return true;
+        }
+        false
+    }
+
+    /// With analysis configured, more traffic (or promotion) needs a passing check taken after the
+    /// current weight was set. True when it must wait.
+    fn waits_for_analysis(&mut self, canary: &VersionRef, next: u8) -> bool {
+        let Some(a) = self.st.analysis.as_ref() else {
+            return false;
+        };
+        let passed =
+            a.verdict == Some(Verdict::Pass) && a.last_check.is_some_and(|c| a.weight_set_at.is_none_or(|w| c > w));
+        if passed {
+            return false;
+        }
+        let why = match a.verdict {
+            Some(Verdict::Pass) | None => "no check yet at this weight".to_string(),
+            Some(v) => format!("last check {}", v.as_str()),
+        };
+        self.st.pending_approval = None;
+        self.transition(
+            Phase::Progressing,
+            "WaitingForAnalysis",
+            format!(
+                "canary {} at {}%: waiting for a passing analysis check before {next}% ({why})",
+                canary.subset, self.st.canary_weight
+            ),
+        );
+        self.requeue = Some(Duration::from_secs(5));
+        true
+    }
+
     fn next_step(&mut self, index: usize) {
         self.st.step = Some(index as u32 + 1);
         self.st.step_started_at = Some(self.now);
@@ -411,6 +561,7 @@ impl Planner<'_> {
             ),
         };
         self.st.canary = Some(identity);
+        self.st.analysis = self.spec.analysis.as_ref().map(|_| AnalysisStatus::default());
         self.st.canary_weight = 0;
         self.st.stable_weight = 100;
         self.st.step = Some(0);
@@ -543,6 +694,14 @@ impl Planner<'_> {
             canary: canary.map(|c| c.subset.clone()),
             canary_weight: weight,
         });
+        if weight != self.st.canary_weight
+            && let Some(a) = self.st.analysis.as_mut()
+        {
+            a.weight_set_at = Some(self.now);
+            if weight > 0 && a.since.is_none() {
+                a.since = Some(self.now);
+            }
+        }
         self.st.canary_weight = weight;
         self.st.stable_weight = 100 - weight;
     }

@@ -48,6 +48,7 @@ fn spec() -> RolloutPolicySpec {
         canary: Some(v("v2")),
         steps: vec![w(10), pause(Some(2)), w(50), pause(None), w(100)],
         progress_deadline: Duration::from_secs(60),
+        analysis: None,
     }
 }
 
@@ -493,4 +494,206 @@ fn history_is_bounded_and_events_follow_transitions() {
         "a repeat reconcile emits nothing: {:?}",
         p.actions
     );
+}
+
+mod analysis {
+    use super::*;
+    use crate::analysis::engine::Check;
+    use crate::policy::types::{
+        Analysis, MetricCheck, MetricResult, OnProviderError, PrometheusProvider, ProviderErrorAction, Verdict,
+    };
+
+    fn analysis(failure_limit: u32, inconclusive_limit: u32, on_error: ProviderErrorAction) -> Analysis {
+        Analysis {
+            interval: Duration::from_secs(1),
+            start_after: Duration::ZERO,
+            failure_limit,
+            min_requests: 0,
+            inconclusive_limit,
+            on_provider_error: OnProviderError {
+                after: 2,
+                action: on_error,
+            },
+            prometheus: PrometheusProvider {
+                address: "http://prometheus:9090".into(),
+                auth: None,
+                ca_secret: None,
+                timeout: Duration::from_secs(5),
+            },
+            metrics: vec![MetricCheck {
+                name: "success-rate".into(),
+                template: Some("istio-request-success-rate".into()),
+                query: None,
+                min: Some(99.0),
+                max: None,
+                relative: None,
+                window: None,
+            }],
+        }
+    }
+
+    fn sim(failure_limit: u32, inconclusive_limit: u32, on_error: ProviderErrorAction) -> Sim {
+        let mut sim = Sim::new();
+        sim.spec.steps = vec![w(10), w(50), w(100)];
+        sim.spec.analysis = Some(analysis(failure_limit, inconclusive_limit, on_error));
+        sim
+    }
+
+    fn check(sim: &mut Sim, verdict: Verdict) {
+        sim.advance(1);
+        let value = if verdict == Verdict::Fail {
+            Some(90.0)
+        } else {
+            Some(100.0)
+        };
+        sim.obs.analysis = Some(Check {
+            at: sim.now,
+            results: vec![MetricResult {
+                name: "success-rate".into(),
+                verdict,
+                value,
+                stable_value: None,
+                threshold: ">= 99".into(),
+                window: "1m".into(),
+                message: format!("success-rate {:?}", verdict),
+                at: sim.now,
+            }],
+        });
+    }
+
+    #[test]
+    fn weight_increases_wait_for_a_passing_check_at_the_current_weight() {
+        let mut sim = sim(1, 10, ProviderErrorAction::Pause);
+        sim.settle();
+        assert_eq!(sim.canary_weight(), 10);
+        assert_eq!(
+            sim.status
+                .message
+                .as_deref()
+                .map(|m| m.contains("waiting for a passing")),
+            Some(true)
+        );
+        // Inconclusive neither advances nor rolls back.
+        check(&mut sim, Verdict::Inconclusive);
+        sim.settle();
+        assert_eq!((sim.canary_weight(), sim.status.phase), (10, Phase::Progressing));
+        check(&mut sim, Verdict::Pass);
+        sim.settle();
+        assert_eq!(sim.canary_weight(), 50);
+        // The pass at 10 % does not count for 50 %.
+        sim.settle();
+        assert_eq!(sim.canary_weight(), 50);
+        check(&mut sim, Verdict::Pass);
+        sim.settle();
+        assert_eq!(sim.canary_weight(), 100);
+        assert_eq!(sim.status.phase, Phase::Progressing, "promotion needs a check at 100 %");
+        check(&mut sim, Verdict::Pass);
+        sim.settle();
+        assert_eq!(sim.status.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn failure_limit_rolls_back_at_once_and_names_the_metric() {
+        let mut sim = sim(2, 10, ProviderErrorAction::Pause);
+        sim.settle();
+        check(&mut sim, Verdict::Fail);
+        sim.settle();
+        assert_eq!((sim.canary_weight(), sim.status.phase), (10, Phase::Progressing));
+        check(&mut sim, Verdict::Fail);
+        let p = sim.step();
+        assert_eq!(weight_actions(&p), vec![set("v1", "v2", 0)], "in the same reconcile");
+        assert_eq!(sim.status.phase, Phase::RolledBack);
+        let message = sim.status.message.clone().unwrap_or_default();
+        assert!(
+            message.contains("success-rate") && message.contains("over 1m"),
+            "{message}"
+        );
+        assert!(message.contains("failureLimit 2"), "{message}");
+        // A pass between two failures resets the count.
+        let mut sim = super::analysis::sim(2, 10, ProviderErrorAction::Pause);
+        sim.settle();
+        for v in [Verdict::Fail, Verdict::Pass, Verdict::Fail] {
+            check(&mut sim, v);
+            sim.settle();
+        }
+        assert_ne!(sim.status.phase, Phase::RolledBack);
+    }
+
+    #[test]
+    fn a_breach_during_an_approval_pause_still_rolls_back() {
+        let mut sim = sim(1, 10, ProviderErrorAction::Pause);
+        sim.spec.steps = vec![w(10), pause(None), w(100)];
+        sim.settle();
+        assert_eq!(sim.status.phase, Phase::WaitingForApproval);
+        check(&mut sim, Verdict::Fail);
+        sim.settle();
+        assert_eq!((sim.canary_weight(), sim.status.phase), (0, Phase::RolledBack));
+    }
+
+    #[test]
+    fn too_many_inconclusive_checks_pause_for_a_human() {
+        let mut sim = sim(1, 3, ProviderErrorAction::Pause);
+        sim.settle();
+        for _ in 0..3 {
+            check(&mut sim, Verdict::Inconclusive);
+            sim.settle();
+        }
+        assert_eq!((sim.canary_weight(), sim.status.phase), (10, Phase::Paused));
+        assert!(sim.status.paused);
+        assert!(
+            sim.status
+                .message
+                .as_deref()
+                .unwrap_or("")
+                .contains("inconclusiveLimit 3")
+        );
+        // Passing checks alone do not lift a pause for a human.
+        check(&mut sim, Verdict::Pass);
+        sim.settle();
+        assert_eq!(sim.status.phase, Phase::Paused);
+        sim.obs.command = cmd("r", CommandKind::Resume);
+        check(&mut sim, Verdict::Pass);
+        sim.settle();
+        assert_eq!(sim.canary_weight(), 50);
+    }
+
+    #[test]
+    fn provider_errors_hold_then_go_on_or_roll_back_by_policy() {
+        let mut sim = sim(1, 10, ProviderErrorAction::Pause);
+        sim.settle();
+        for _ in 0..2 {
+            check(&mut sim, Verdict::Error);
+            sim.settle();
+        }
+        assert_eq!((sim.canary_weight(), sim.status.phase), (10, Phase::Paused));
+        assert!(sim.status.message.as_deref().unwrap_or("").contains("provider errors"));
+        // Prometheus answers again: analysis goes on.
+        check(&mut sim, Verdict::Pass);
+        sim.settle();
+        assert_eq!(sim.canary_weight(), 50);
+
+        let mut sim = super::analysis::sim(1, 10, ProviderErrorAction::Rollback);
+        sim.settle();
+        for _ in 0..2 {
+            check(&mut sim, Verdict::Error);
+            sim.settle();
+        }
+        assert_eq!((sim.canary_weight(), sim.status.phase), (0, Phase::RolledBack));
+    }
+
+    #[test]
+    fn promote_full_overrides_the_gate_but_a_stale_check_is_ignored() {
+        let mut sim = sim(1, 10, ProviderErrorAction::Pause);
+        sim.settle();
+        // A check from before the canary got traffic does not count.
+        sim.obs.analysis = Some(Check {
+            at: t(-100),
+            results: vec![],
+        });
+        sim.settle();
+        assert_eq!(sim.status.analysis.as_ref().and_then(|a| a.last_check), None);
+        sim.obs.command = cmd("full", CommandKind::PromoteFull);
+        sim.settle();
+        assert_eq!(sim.status.phase, Phase::Succeeded);
+    }
 }

@@ -47,6 +47,9 @@ pub struct RolloutPolicySpec {
     #[serde(default = "default_progress_deadline", with = "humantime_serde")]
     #[schemars(schema_with = "crate::policy::schema::duration")]
     pub progress_deadline: Duration,
+    /// Judge the canary from Prometheus at every interval; roll back on an SLO breach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
 }
 
 pub fn default_progress_deadline() -> Duration {
@@ -191,6 +194,40 @@ pub struct RolloutPolicyStatus {
     /// The last transitions, newest last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Transition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
+}
+
+/// Where the analysis of the current canary stands.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    /// When the canary first received traffic in this rollout (`startAfter` counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub since: Option<Timestamp>,
+    /// When the current canary weight was set: a weight increase needs a passing check after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub weight_set_at: Option<Timestamp>,
+    /// The newest check folded into the counters below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub last_check: Option<Timestamp>,
+    /// The verdict of that check over all metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// Checks in a row with a failed metric.
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default)]
+    pub inconclusive: u32,
+    /// Checks in a row where the provider could not answer.
+    #[serde(default)]
+    pub errors: u32,
+    /// The last result of every metric.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricResult>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -3,7 +3,10 @@
 
 use std::collections::HashSet;
 
-use super::types::RolloutPolicySpec;
+use std::time::Duration;
+
+use super::types::{Analysis, RolloutPolicySpec};
+use crate::analysis::templates::{Template, check};
 
 /// One problem, with the path of the field that has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,8 +119,82 @@ pub fn validate_spec(spec: &RolloutPolicySpec) -> Vec<FieldError> {
         ));
     }
     errors.extend(validate_steps(spec));
+    if let Some(analysis) = &spec.analysis {
+        errors.extend(validate_analysis(analysis));
+    }
     if spec.progress_deadline.is_zero() {
         errors.push(err("spec.progressDeadline", "must be greater than zero"));
+    }
+    errors
+}
+
+fn validate_analysis(a: &Analysis) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if a.interval < Duration::from_secs(1) {
+        errors.push(err("spec.analysis.interval", "must be at least 1s"));
+    }
+    let address = &a.prometheus.address;
+    if !(address.starts_with("http://") || address.starts_with("https://")) {
+        errors.push(err(
+            "spec.analysis.prometheus.address",
+            format!("{address:?} is not an http:// or https:// URL"),
+        ));
+    }
+    if let Some(auth) = &a.prometheus.auth
+        && auth.bearer_token_secret.is_some() == auth.basic_auth_secret.is_some()
+    {
+        errors.push(err(
+            "spec.analysis.prometheus.auth",
+            "exactly one of bearerTokenSecret or basicAuthSecret",
+        ));
+    }
+    if a.metrics.is_empty() {
+        errors.push(err("spec.analysis.metrics", "at least one metric is required"));
+    }
+    let mut names = HashSet::new();
+    for (i, m) in a.metrics.iter().enumerate() {
+        let field = format!("spec.analysis.metrics[{i}]");
+        if !names.insert(m.name.as_str()) {
+            errors.push(err(format!("{field}.name"), format!("{:?} is used twice", m.name)));
+        }
+        match (&m.template, &m.query) {
+            (Some(t), None) => {
+                if Template::parse(t).is_none() {
+                    let known: Vec<&str> = Template::ALL.iter().map(|t| t.name()).collect();
+                    errors.push(err(
+                        format!("{field}.template"),
+                        format!("unknown template {t:?} (known: {})", known.join(", ")),
+                    ));
+                }
+            }
+            (None, Some(q)) => {
+                if let Err(e) = check(q) {
+                    errors.push(err(format!("{field}.query"), e.to_string()));
+                }
+                if m.relative.is_some() {
+                    errors.push(err(
+                        format!("{field}.relative"),
+                        "relative checks compare a built-in template for canary and stable; use a template",
+                    ));
+                }
+            }
+            _ => errors.push(err(field.clone(), "a metric has exactly one of template or query")),
+        }
+        if m.min.is_none() && m.max.is_none() && m.relative.is_none() {
+            errors.push(err(field.clone(), "a metric needs min, max or relative"));
+        }
+        if let Some(r) = &m.relative
+            && r.max_drop_from_stable.is_none()
+            && r.max_increase_over_stable.is_none()
+        {
+            errors.push(err(
+                format!("{field}.relative"),
+                "needs maxDropFromStable or maxIncreaseOverStable",
+            ));
+        }
+        if m.window.is_some_and(|w| w < Duration::from_secs(1)) {
+            errors.push(err(format!("{field}.window"), "must be at least 1s"));
+        }
     }
     errors
 }
@@ -209,6 +286,7 @@ mod tests {
             }),
             steps,
             progress_deadline: Duration::from_secs(60),
+            analysis: None,
         }
     }
 

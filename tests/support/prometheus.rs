@@ -20,6 +20,7 @@ pub type Sample = (BTreeMap<String, String>, f64);
 pub struct Prometheus {
     dir: PathBuf,
     base_url: String,
+    port: u16,
     targets_file: PathBuf,
     targets: Mutex<Vec<Value>>,
     proc: ChildProc,
@@ -47,30 +48,27 @@ scrape_configs:
         );
         let config_file = dir.join("prometheus.yml");
         std::fs::write(&config_file, config).context("writing prometheus.yml")?;
-        let mut cmd = Command::new(BINARY);
-        cmd.arg(format!("--config.file={}", config_file.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--web.enable-lifecycle");
-        let mut proc = ChildProc::spawn("prometheus", cmd, &dir, false)?;
         let base_url = format!("http://127.0.0.1:{port}");
-        let http = http_client()?;
-        let ready = format!("{base_url}/-/ready");
-        wait_until("prometheus /-/ready", Duration::from_secs(60), async || {
-            if let Some(status) = proc.try_wait()? {
-                bail!("prometheus exited early ({status})");
-            }
-            Ok(http.get(&ready).send().await?.status().is_success().then_some(()))
-        })
-        .await
-        .with_context(|| proc.logs(30))?;
+        let proc = launch(&dir, port, &base_url).await?;
         Ok(Self {
             dir,
             base_url,
+            port,
             targets_file,
             targets: Mutex::new(Vec::new()),
             proc,
         })
+    }
+
+    /// Stops the server (SIGTERM), keeping its data and port for [`Prometheus::restart`].
+    pub async fn stop(&mut self) -> Result<()> {
+        self.proc.terminate(Duration::from_secs(10)).await.map(|_| ())
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.proc = launch(&self.dir, self.port, &self.base_url).await?;
+        Ok(())
     }
 
     /// `http://127.0.0.1:PORT`
@@ -169,4 +167,30 @@ fn write_atomically(path: &Path, contents: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+async fn launch(dir: &Path, port: u16, base_url: &str) -> Result<ChildProc> {
+    let mut cmd = Command::new(BINARY);
+    cmd.arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--web.enable-lifecycle");
+    let mut proc = ChildProc::spawn("prometheus", cmd, dir, false)?;
+    let http = http_client()?;
+    let ready = format!("{base_url}/-/ready");
+    wait_until("prometheus /-/ready", Duration::from_secs(60), async || {
+        if let Some(status) = proc.try_wait()? {
+            bail!("prometheus exited early ({status})");
+        }
+        Ok(http
+            .get(&ready)
+            .send()
+            .await
+            .ok()
+            .is_some_and(|r| r.status().is_success())
+            .then_some(()))
+    })
+    .await
+    .with_context(|| proc.logs(30))?;
+    Ok(proc)
 }
