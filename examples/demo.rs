@@ -93,6 +93,7 @@ async fn main() -> Result<()> {
             "--route=primary",
             "--subset=v1=istio-test-v1",
             "--subset=v2=istio-test-v2",
+            "--subset=v3=istio-test-v3",
             "--rps=200",
         ],
         &[("KUBECONFIG", &admin)],
@@ -134,6 +135,41 @@ async fn main() -> Result<()> {
         traffic(&prom).await?;
         let (_, out) = fixture::cli(cp.kubeconfig_path(), &["status", "-n", NS]).await?;
         print!("\n{out}");
+
+        banner("6. The next release, v3, answers 20% of its requests with 500s; Prometheus judges it");
+        support::apply_yaml(&client, &fixture::seed_yaml("v3.yaml", NS, VS_NS)).await?;
+        support::wait_until("istio-test-v3 Ready", T, async || {
+            let d = deployments.get("istio-test-v3").await?;
+            Ok((d.status.and_then(|s| s.ready_replicas).unwrap_or(0) >= 1).then_some(()))
+        })
+        .await?;
+        let admin = reqwest::Client::new();
+        admin
+            .put(format!("http://{addr}/subsets/v3"))
+            .json(&serde_json::json!({"successRatio": 0.8}))
+            .send()
+            .await?
+            .error_for_status()?;
+        // What Git would say next: stable v2, canary v3, with analysis (faster timings for the demo).
+        let policy = std::fs::read_to_string(fixture::repo().join("policies/analysis/rolloutpolicy.yaml"))?
+            .replace("http://prometheus.istio-system:9090", prom.base_url())
+            .replace("interval: 10s", "interval: 2s")
+            .replace("startAfter: 10s", "startAfter: 4s")
+            .replace("duration: 30s", "duration: 10s");
+        seed.apply(&policy).await?;
+        let p = seed
+            .wait_policy("istio-test", "RolledBack", T, |p| {
+                p.status.as_ref().is_some_and(|s| s.phase == Phase::RolledBack)
+            })
+            .await?;
+        let status = p.status.unwrap_or_default();
+        println!("\n   v3 rolled back: {}", status.message.unwrap_or_default());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (_, out) = fixture::cli(cp.kubeconfig_path(), &["status", "-n", NS]).await?;
+        print!("\n{out}");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        banner("Traffic after the rollback");
+        traffic(&prom).await?;
         anyhow::Ok(())
     }
     .await;

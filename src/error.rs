@@ -16,6 +16,8 @@ pub enum Error {
     MissingField(&'static str),
     #[error("{0}")]
     Secret(String),
+    #[error(transparent)]
+    Scale(#[from] crate::scale::hpa::ScaleError),
 }
 
 impl Error {
@@ -30,6 +32,7 @@ impl Error {
             Error::Json(_) | Error::Yaml(_) => "encoding",
             Error::MissingField(_) => "invalid_object",
             Error::Secret(_) => "secret",
+            Error::Scale(e) => e.category(),
         }
     }
 }

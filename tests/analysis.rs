@@ -4,76 +4,18 @@
 mod fixture;
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use canaryd::policy::types::{Phase, RolloutPolicy};
-use fixture::{Seed, ensure, seed, start_daemon};
+use fixture::analysis::{
+    POLICY, SUCCESS_AND_LATENCY, VS, breach_to_rollback, mesh, message, phase, policy, set_subset,
+};
+use fixture::{ensure, seed, start_daemon};
 use serde_json::json;
-use support::{ChildProc, Prometheus};
+use support::Prometheus;
 
 const T: Duration = Duration::from_secs(60);
-const VS: &str = "istio-test-vs";
-const POLICY: &str = "istio-test";
-
-fn phase(p: &RolloutPolicy) -> Phase {
-    p.status.as_ref().map(|s| s.phase).unwrap_or_default()
-}
-
-fn message(p: &RolloutPolicy) -> String {
-    p.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default()
-}
-
-/// The mesh simulator on the seed's VirtualService, scraped by `prom`.
-async fn mesh(seed: &Seed, prom: &Prometheus, rps: u32) -> Result<(ChildProc, String)> {
-    let cp = support::control_plane().await?;
-    let kubeconfig = cp.kubeconfig_path().to_string_lossy().into_owned();
-    let args = [
-        format!("--namespace={}", seed.vs_ns),
-        format!("--virtual-service={VS}"),
-        format!("--service-host=istio-test.{}.svc.cluster.local", seed.ns),
-        "--route=primary".into(),
-        "--subset=v1=istio-test-v1".into(),
-        "--subset=v2=istio-test-v2".into(),
-        format!("--rps={rps}"),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut mesh = support::spawn_bin("meshsim", &args, &[("KUBECONFIG", &kubeconfig)])?;
-    let addr = mesh.listening_addr(T).await?;
-    prom.add_target(&addr).await?;
-    Ok((mesh, addr))
-}
-
-async fn set_subset(addr: &str, subset: &str, body: serde_json::Value) -> Result<()> {
-    let resp = reqwest::Client::new()
-        .put(format!("http://{addr}/subsets/{subset}"))
-        .json(&body)
-        .send()
-        .await?;
-    anyhow::ensure!(resp.status().is_success(), "meshsim admin: {}", resp.status());
-    Ok(())
-}
-
-/// The seed policy with `steps` and an analysis section judged by `prom`.
-fn policy(seed: &Seed, prom: &Prometheus, steps: &str, analysis: &str) -> Result<String> {
-    let base = seed.policy_yaml();
-    let start = base.find("  steps:\n").context("steps")?;
-    let end = base.find("  progressDeadline").context("progressDeadline")?;
-    let analysis = analysis.replace("PROMETHEUS", prom.base_url());
-    Ok(format!("{}  steps:\n{steps}{}{analysis}", &base[..start], &base[end..]))
-}
-
-const SUCCESS_AND_LATENCY: &str = "  analysis:
-    interval: 1s
-    startAfter: 2s
-    failureLimit: 1
-    minRequests: 10
-    inconclusiveLimit: 30
-    prometheus: {address: PROMETHEUS, timeout: 2s}
-    metrics:
-      - {name: success-rate, template: istio-request-success-rate, min: 99, window: 5s}
-      - {name: latency-p99, template: istio-request-duration-p99, max: 500, window: 5s}
-";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_canary_walks_to_100_and_is_promoted() -> Result<()> {
@@ -103,79 +45,6 @@ async fn healthy_canary_walks_to_100_and_is_promoted() -> Result<()> {
             format!("{a:?}"),
         )?;
         Ok(())
-    };
-    run.await.map_err(|e| fixture::fail_with_logs(&daemon, e))
-}
-
-/// Prometheus' own view of the canary's success rate over the same window as the policy's check.
-fn success_query(seed: &Seed, window: &str) -> String {
-    let sel = format!(
-        "reporter=\"destination\",destination_workload_namespace=\"{}\",destination_workload=\"istio-test-v2\"",
-        seed.ns
-    );
-    format!(
-        "sum(increase(istio_requests_total{{{sel},response_code!~\"5.*\"}}[{window}])) / sum(increase(istio_requests_total{{{sel}}}[{window}])) * 100"
-    )
-}
-
-/// Breach → rollback: from the moment Prometheus first shows the breach to the VirtualService at
-/// 100/0. Returns the latency.
-pub async fn breach_to_rollback(prefix: &str) -> Result<Duration> {
-    let seed = seed(prefix).await?;
-    let prom = Prometheus::start().await?;
-    let (_mesh, addr) = mesh(&seed, &prom, 400).await?;
-    let daemon = start_daemon(&seed.ns).await?;
-    let run = async {
-        let steps = "    - weight: 10\n    - pause: {}\n    - weight: 100\n";
-        seed.apply(&policy(&seed, &prom, steps, SUCCESS_AND_LATENCY)?).await?;
-        // Holding at 10 % with passing checks.
-        seed.wait_policy(POLICY, "a passing check at 10%", T, |p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.analysis.as_ref())
-                .and_then(|a| a.verdict)
-                == Some(canaryd::policy::types::Verdict::Pass)
-        })
-        .await?;
-        set_subset(&addr, "v2", json!({"successRatio": 0.9})).await?;
-        let query = success_query(&seed, "5s");
-        let mut breach = None;
-        let rolled_back = support::wait_until("rollback", T, async || {
-            if breach.is_none() {
-                let now = Instant::now();
-                if prom.query(&query).await?.first().is_some_and(|(_, v)| *v < 99.0) {
-                    breach = Some(now);
-                }
-            }
-            let weights = seed.weights(&seed.vs_ns, VS, 1).await?;
-            let at_stable = weights.get("v1") == Some(&100) && weights.get("v2") == Some(&0);
-            Ok(at_stable.then(Instant::now))
-        })
-        .await?;
-        let breach = breach.context("the VirtualService went back to stable before Prometheus showed a breach")?;
-        let latency = rolled_back.saturating_duration_since(breach);
-        let p = seed
-            .wait_policy(POLICY, "RolledBack", T, |p| phase(p) == Phase::RolledBack)
-            .await?;
-        let m = message(&p);
-        ensure(
-            m.contains("success-rate") && m.contains("< min 99") && m.contains("over 5s"),
-            format!("message: {m}"),
-        )?;
-        let failed = p.status.and_then(|s| s.analysis).map(|a| a.metrics).unwrap_or_default();
-        let sr = failed
-            .iter()
-            .find(|r| r.name == "success-rate")
-            .context("success-rate result")?;
-        ensure(
-            sr.value.is_some_and(|v| v < 99.0) && sr.threshold.contains("99"),
-            format!("{sr:?}"),
-        )?;
-        ensure(
-            !seed.events(POLICY, "AnalysisFailed").await?.is_empty(),
-            "no AnalysisFailed event",
-        )?;
-        Ok(latency)
     };
     run.await.map_err(|e| fixture::fail_with_logs(&daemon, e))
 }

@@ -41,6 +41,18 @@ pub async fn carry_out(policy: &RolloutPolicy, ctx: &Context, actions: &[Action]
                     }
                 }
             }
+            Action::SetHpaBounds { hpa, bounds } => {
+                if crate::scale::hpa::set_bounds(&ctx.client, &ns, hpa, *bounds).await? == WriteOutcome::Written {
+                    info!(hpa = %hpa, min = ?bounds.min_replicas, max = bounds.max_replicas, "HPA bounds set");
+                }
+            }
+            Action::SetReplicas { deployment, replicas } => {
+                if crate::scale::hpa::set_replicas(&ctx.client, &ns, deployment, *replicas).await?
+                    == WriteOutcome::Written
+                {
+                    info!(deployment = %deployment, replicas, "replicas set");
+                }
+            }
             Action::Event { type_, reason, message } => {
                 let event = Event {
                     type_: match type_ {

@@ -13,6 +13,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer::{Error as FinalizerError, Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
@@ -94,12 +95,27 @@ fn names_deployment(p: &RolloutPolicy, name: &str) -> bool {
             .is_some_and(|s| s.deployment == name)
 }
 
+/// Removed only after the policy's changes are undone (traffic to stable, HPAs restored).
+pub const FINALIZER: &str = "canaryd.io/cleanup";
+
 async fn reconcile(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Result<Requeue> {
-    let span =
-        info_span!("reconcile", policy = %policy.name_any(), namespace = %policy.namespace().unwrap_or_default());
+    let ns = policy.namespace().unwrap_or_default();
+    let span = info_span!("reconcile", policy = %policy.name_any(), namespace = %ns);
     async move {
         let started = std::time::Instant::now();
-        let result = policy.reconcile(&ctx).await;
+        let api: Api<RolloutPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+        let result = finalizer(&api, FINALIZER, policy, |event| async {
+            match event {
+                FinalizerEvent::Apply(p) => p.reconcile(&ctx).await,
+                FinalizerEvent::Cleanup(p) => p.cleanup(&ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e,
+            FinalizerError::AddFinalizer(e) | FinalizerError::RemoveFinalizer(e) => Error::Kube(e),
+            FinalizerError::UnnamedObject | FinalizerError::InvalidFinalizer => Error::MissingField("metadata.name"),
+        });
         ctx.metrics
             .observe_reconcile(started.elapsed(), result.as_ref().err().map(Error::category));
         result
@@ -119,6 +135,17 @@ fn error_policy(policy: Arc<RolloutPolicy>, error: &Error, _ctx: Arc<Context>) -
 }
 
 impl RolloutPolicy {
+    /// The policy is being deleted: undo what it changed, then let it go.
+    async fn cleanup(&self, ctx: &Context) -> Result<Requeue> {
+        let status = self.status.clone().unwrap_or_default();
+        let actions = crate::plan::cleanup(&self.spec, &status, Timestamp::now());
+        act::carry_out(self, ctx, &actions).await?;
+        ctx.engine
+            .want((self.namespace().unwrap_or_default(), self.name_any()), None);
+        tracing::info!("policy deleted: traffic and scaling restored");
+        Ok(Requeue::await_change())
+    }
+
     /// One pass of the pipeline. Idempotent: every step can be repeated after a crash at any point.
     async fn reconcile(&self, ctx: &Context) -> Result<Requeue> {
         let key: Key = (self.namespace().unwrap_or_default(), self.name_any());

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
@@ -14,8 +15,9 @@ use crate::gates::commands;
 use crate::mesh::istio::{destination_rules, to_value, virtual_services};
 use crate::mesh::preflight::{self, Snapshot, VsSnapshot};
 use crate::mesh::routes::route_weights;
-use crate::plan::{DeploymentState, Observed};
+use crate::plan::{DeploymentState, Observed, Problem, ScaleObserved, VersionScale};
 use crate::policy::types::RolloutPolicy;
+use crate::scale::hpa;
 
 /// FNV-1a over the pod template's JSON: stable across daemon versions and restarts, unlike
 /// `DefaultHasher`, because it is recorded in status.
@@ -134,6 +136,13 @@ pub async fn observe(client: &Client, policy: &RolloutPolicy, analysis: Option<C
         Ok(c) => (c, None),
         Err(e) => (None, Some(e.to_string())),
     };
+    let (scaling, scale_problems) = if spec.scaling.enabled {
+        scale_observed(client, policy, &ns, stable_dep.as_ref(), canary_dep.as_ref()).await?
+    } else {
+        (ScaleObserved::default(), Vec::new())
+    };
+    let mut problems = problems;
+    problems.extend(scale_problems);
     let versions = [stable_dep.as_ref(), canary_dep.as_ref()]
         .into_iter()
         .flatten()
@@ -148,6 +157,7 @@ pub async fn observe(client: &Client, policy: &RolloutPolicy, analysis: Option<C
             command,
             command_error,
             analysis,
+            scaling,
         },
         versions,
     })
@@ -168,4 +178,64 @@ fn current_weights(vss: &[VsSnapshot], managed: &[Vec<usize>], fqdn: &str) -> Ve
                 .map(|route| route_weights(route, &vs.namespace, fqdn))
         })
         .collect()
+}
+
+/// Replicas and HPA of each version: one list of the namespace's HPAs serves both.
+async fn scale_observed(
+    client: &Client,
+    policy: &RolloutPolicy,
+    ns: &str,
+    stable: Option<&Deployment>,
+    canary: Option<&Deployment>,
+) -> Result<(ScaleObserved, Vec<Problem>)> {
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+    let all = hpas.list(&ListParams::default()).await?.items;
+    let scaling = &policy.spec.scaling;
+    let named = |deployment: &str| {
+        if deployment == policy.spec.stable.deployment {
+            scaling.stable_hpa.as_deref()
+        } else if policy.spec.canary.as_ref().is_some_and(|c| c.deployment == deployment) {
+            scaling.canary_hpa.as_deref()
+        } else {
+            None
+        }
+    };
+    let mut problems = Vec::new();
+    let mut version = |d: &Deployment| {
+        let name = d.name_any();
+        let found: Vec<&HorizontalPodAutoscaler> = all
+            .iter()
+            .filter(|h| match named(&name) {
+                Some(n) => h.name_any() == n,
+                None => hpa::targets_deployment(h, &name),
+            })
+            .collect();
+        match (named(&name), found.len()) {
+            (Some(n), 0) => problems.push(Problem {
+                reason: "HpaNotFound".into(),
+                message: format!("HorizontalPodAutoscaler {ns}/{n} named in spec.scaling not found"),
+            }),
+            (None, 2..) => problems.push(Problem {
+                reason: "AmbiguousHpa".into(),
+                message: format!(
+                    "HorizontalPodAutoscalers {} all scale Deployment {name}; name one in spec.scaling",
+                    found.iter().map(|h| h.name_any()).collect::<Vec<_>>().join(", ")
+                ),
+            }),
+            _ => {}
+        }
+        let hpa = found.first().map(|h| (h.name_any(), hpa::bounds(h)));
+        let state = hpa::replica_state(d);
+        VersionScale {
+            deployment: name,
+            hpa,
+            spec_replicas: state.spec_replicas,
+            ready_replicas: state.ready_replicas,
+        }
+    };
+    let observed = ScaleObserved {
+        stable: stable.map(&mut version),
+        canary: canary.map(&mut version),
+    };
+    Ok((observed, problems))
 }

@@ -7,14 +7,16 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use crate::analysis::engine::Check;
-use crate::analysis::judge::aggregate;
 use crate::gates::commands::{Command, CommandKind};
 use crate::policy::types::{
-    AnalysisStatus, CanaryStatus, Condition, Phase, ProviderErrorAction, RolloutPolicySpec, RolloutPolicyStatus,
-    Transition, Verdict, VersionRef,
+    AnalysisStatus, CanaryStatus, Condition, Phase, RolloutPolicySpec, RolloutPolicyStatus, Transition, VersionRef,
 };
 use crate::policy::validate::validate_spec;
 
+mod analysis;
+mod capacity;
+
+pub use capacity::{ScaleObserved, VersionScale};
 #[cfg(test)]
 mod tests;
 
@@ -55,6 +57,8 @@ pub struct Observed {
     pub problems: Vec<Problem>,
     /// The Deployment named by `spec.canary`, if it exists.
     pub canary: Option<DeploymentState>,
+    /// Replicas and HPAs of both versions (empty when scaling is off).
+    pub scaling: ScaleObserved,
     /// Weights by subset, one map per managed route (a destination that is absent weighs 0).
     pub routes: Vec<BTreeMap<String, u8>>,
     /// The command in the annotations, if any (handled once per id).
@@ -103,6 +107,13 @@ pub enum Action {
         reason: String,
         message: String,
     },
+    /// Set an HPA's minReplicas/maxReplicas (nothing else of it).
+    SetHpaBounds {
+        hpa: String,
+        bounds: crate::scale::capacity::Bounds,
+    },
+    /// Set a Deployment's replicas (versions without an HPA; the old stable after promotion).
+    SetReplicas { deployment: String, replicas: i32 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -123,6 +134,7 @@ pub fn plan(spec: &RolloutPolicySpec, current: &RolloutPolicyStatus, obs: &Obser
         st: current.clone(),
         actions: Vec::new(),
         requeue: None,
+        input_scaling: current.scaling.is_some(),
     };
     p.run();
     Plan {
@@ -132,6 +144,27 @@ pub fn plan(spec: &RolloutPolicySpec, current: &RolloutPolicyStatus, obs: &Obser
     }
 }
 
+/// What to undo when the policy is deleted: traffic back to stable if a rollout is in progress,
+/// and every HPA and replica count canaryd changed back to what it was.
+pub fn cleanup(spec: &RolloutPolicySpec, current: &RolloutPolicyStatus, now: Timestamp) -> Vec<Action> {
+    let obs = Observed::default();
+    let mut p = Planner {
+        spec,
+        obs: &obs,
+        now,
+        st: current.clone(),
+        actions: Vec::new(),
+        requeue: None,
+        input_scaling: current.scaling.is_some(),
+    };
+    let stable = current.stable.clone().unwrap_or_else(|| spec.stable.clone());
+    if current.canary.as_ref().is_some_and(|c| c.halted.is_none()) {
+        p.send_all_to_stable(&stable);
+    }
+    p.cleanup_scaling();
+    p.actions
+}
+
 struct Planner<'a> {
     spec: &'a RolloutPolicySpec,
     obs: &'a Observed,
@@ -139,6 +172,14 @@ struct Planner<'a> {
     st: RolloutPolicyStatus,
     actions: Vec<Action>,
     requeue: Option<Duration>,
+    input_scaling: bool,
+}
+
+impl Planner<'_> {
+    /// Scaling was recorded in the status this reconcile started from.
+    fn had_scaling(&self) -> bool {
+        self.input_scaling
+    }
 }
 
 impl Planner<'_> {
@@ -273,6 +314,7 @@ impl Planner<'_> {
         mut promote: Option<(bool, String)>,
     ) {
         let steps = &self.spec.steps;
+        self.pin_stable();
         if let Some((true, by)) = &promote
             && dep.is_ready()
         {
@@ -298,7 +340,24 @@ impl Planner<'_> {
             };
             let started = self.st.step_started_at.unwrap_or(self.now);
             if let Some(weight) = step.weight {
-                if !dep.is_ready() {
+                if weight > self.st.canary_weight
+                    && self.st.canary_weight > 0
+                    && self.waits_for_analysis(canary, weight)
+                {
+                    return;
+                }
+                if self.record_scaling() {
+                    return;
+                }
+                self.pin_stable();
+                let (has_capacity, required) = match self.ensure_capacity(weight) {
+                    Ok(c) => c,
+                    Err(message) => {
+                        self.send_all_to_stable(stable);
+                        return self.halt(Phase::RolledBack, "CapacityUnavailable", message);
+                    }
+                };
+                if !dep.is_ready() || !has_capacity {
                     let waited = duration_between(started, self.now);
                     if waited >= self.spec.progress_deadline {
                         self.send_all_to_stable(stable);
@@ -306,7 +365,7 @@ impl Planner<'_> {
                             Phase::RolledBack,
                             "ProgressDeadlineExceeded",
                             format!(
-                                "canary Deployment {} not Ready after {} (progressDeadline {}); all traffic on stable",
+                                "canary Deployment {} not Ready with {required} replicas after {} (progressDeadline {}); all traffic on stable",
                                 canary.deployment,
                                 humantime::format_duration(waited),
                                 humantime::format_duration(self.spec.progress_deadline)
@@ -318,17 +377,11 @@ impl Planner<'_> {
                         Phase::Progressing,
                         "WaitingForCanary",
                         format!(
-                            "waiting for canary Deployment {} to be Ready ({} ready) before weight {weight}",
+                            "waiting for canary Deployment {} to have {required} Ready replicas ({} ready) before weight {weight}",
                             canary.deployment, dep.ready_replicas
                         ),
                     );
                     self.requeue = Some(READY_POLL.min(self.spec.progress_deadline.saturating_sub(waited)));
-                    return;
-                }
-                if weight > self.st.canary_weight
-                    && self.st.canary_weight > 0
-                    && self.waits_for_analysis(canary, weight)
-                {
                     return;
                 }
                 self.st.step = Some(index as u32 + 1);
@@ -405,131 +458,6 @@ impl Planner<'_> {
         }
     }
 
-    /// Fold the newest check into the counters, once.
-    fn fold_check(&mut self) {
-        if self.spec.analysis.is_none() {
-            self.st.analysis = None;
-            return;
-        }
-        let a = self.st.analysis.get_or_insert_with(AnalysisStatus::default);
-        let Some(check) = &self.obs.analysis else { return };
-        let fresh = a.since.is_some_and(|s| check.at >= s) && a.last_check.is_none_or(|l| check.at > l);
-        if !fresh {
-            return;
-        }
-        let verdict = aggregate(check.results.iter().map(|r| r.verdict));
-        a.last_check = Some(check.at);
-        a.verdict = Some(verdict);
-        a.metrics = check.results.clone();
-        match verdict {
-            Verdict::Pass => (a.failures, a.inconclusive, a.errors) = (0, 0, 0),
-            Verdict::Fail => (a.failures, a.inconclusive, a.errors) = (a.failures + 1, 0, 0),
-            Verdict::Inconclusive => (a.inconclusive, a.errors) = (a.inconclusive + 1, 0),
-            Verdict::Error => a.errors += 1,
-        }
-    }
-
-    /// Act on the counters: roll back on an SLO breach, hold on provider errors, pause for a human
-    /// after too many inconclusive checks. True when the reconcile ends here.
-    fn judge_analysis(&mut self, stable: &VersionRef, canary: &VersionRef) -> bool {
-        let (Some(spec), Some(a)) = (self.spec.analysis.as_ref(), self.st.analysis.clone()) else {
-            return false;
-        };
-        let detail = |verdict: Verdict| {
-            a.metrics
-                .iter()
-                .filter(|r| r.verdict == verdict)
-                .map(|r| format!("{} over {}", r.message, r.window))
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
-        if a.failures >= spec.failure_limit {
-            self.send_all_to_stable(stable);
-            self.halt(
-                Phase::RolledBack,
-                "AnalysisFailed",
-                format!(
-                    "{} ({} failed check(s) in a row, failureLimit {}); all traffic on stable {}",
-                    detail(Verdict::Fail),
-                    a.failures,
-                    spec.failure_limit,
-                    stable.subset
-                ),
-            );
-            return true;
-        }
-        if a.errors >= spec.on_provider_error.after {
-            let message = format!(
-                "{} provider errors in a row (onProviderError.after {}): {}",
-                a.errors,
-                spec.on_provider_error.after,
-                detail(Verdict::Error)
-            );
-            if spec.on_provider_error.action == ProviderErrorAction::Rollback {
-                self.send_all_to_stable(stable);
-                self.halt(
-                    Phase::RolledBack,
-                    "ProviderErrors",
-                    format!("{message}; all traffic on stable"),
-                );
-            } else {
-                self.ensure_current_weights(stable, canary);
-                self.st.pending_approval = None;
-                self.transition(
-                    Phase::Paused,
-                    "ProviderErrors",
-                    format!("{message}; holding until checks answer"),
-                );
-            }
-            return true;
-        }
-        if a.inconclusive >= spec.inconclusive_limit && !self.st.paused {
-            self.st.paused = true;
-            self.st.pending_approval = None;
-            self.ensure_current_weights(stable, canary);
-            self.transition(
-                Phase::Paused,
-                "Inconclusive",
-                format!(
-                    "{} inconclusive checks in a row (inconclusiveLimit {}): {}; `canaryd resume` to go on",
-                    a.inconclusive,
-                    spec.inconclusive_limit,
-                    detail(Verdict::Inconclusive)
-                ),
-            );
-            return true;
-        }
-        false
-    }
-
-    /// With analysis configured, more traffic (or promotion) needs a passing check taken after the
-    /// current weight was set. True when it must wait.
-    fn waits_for_analysis(&mut self, canary: &VersionRef, next: u8) -> bool {
-        let Some(a) = self.st.analysis.as_ref() else {
-            return false;
-        };
-        let passed =
-            a.verdict == Some(Verdict::Pass) && a.last_check.is_some_and(|c| a.weight_set_at.is_none_or(|w| c > w));
-        if passed {
-            return false;
-        }
-        let why = match a.verdict {
-            Some(Verdict::Pass) | None => "no check yet at this weight".to_string(),
-            Some(v) => format!("last check {}", v.as_str()),
-        };
-        self.st.pending_approval = None;
-        self.transition(
-            Phase::Progressing,
-            "WaitingForAnalysis",
-            format!(
-                "canary {} at {}%: waiting for a passing analysis check before {next}% ({why})",
-                canary.subset, self.st.canary_weight
-            ),
-        );
-        self.requeue = Some(Duration::from_secs(5));
-        true
-    }
-
     fn next_step(&mut self, index: usize) {
         self.st.step = Some(index as u32 + 1);
         self.st.step_started_at = Some(self.now);
@@ -560,6 +488,7 @@ impl Planner<'_> {
                 identity.subset, identity.deployment, stable.subset
             ),
         };
+        self.restore_scaling();
         self.st.canary = Some(identity);
         self.st.analysis = self.spec.analysis.as_ref().map(|_| AnalysisStatus::default());
         self.st.canary_weight = 0;
@@ -574,6 +503,9 @@ impl Planner<'_> {
 
     fn succeed(&mut self, canary: &VersionRef) {
         let previous = self.st.stable.clone();
+        if let Some(old) = &previous {
+            self.after_promotion(old);
+        }
         self.st.stable = Some(canary.clone());
         self.st.canary = None;
         self.st.step = None;
@@ -593,10 +525,12 @@ impl Planner<'_> {
 
     /// No canary to roll out: keep the route as it is, after taking traffic back from an abandoned one.
     fn steady(&mut self, stable: &VersionRef) {
+        self.finish_scale_down(false);
         if let Some(old) = self.st.canary.clone() {
             if !self.obs.weights_are(&stable.subset, Some(&old.subset), 0) {
                 self.send_all_to_stable(stable);
             }
+            self.restore_scaling();
             self.st.canary = None;
             self.st.step = None;
             self.st.step_started_at = None;
@@ -651,6 +585,17 @@ impl Planner<'_> {
     }
 
     fn halt(&mut self, phase: Phase, reason: &str, message: String) {
+        self.restore_scaling();
+        if phase == Phase::RolledBack
+            && self.spec.scaling.enabled
+            && self.spec.scaling.scale_down_canary_on_rollback
+            && let Some(c) = &self.st.canary
+        {
+            self.actions.push(Action::SetReplicas {
+                deployment: c.deployment.clone(),
+                replicas: 0,
+            });
+        }
         if let Some(c) = self.st.canary.as_mut() {
             c.halted = Some(phase);
         }

@@ -49,6 +49,7 @@ fn spec() -> RolloutPolicySpec {
         steps: vec![w(10), pause(Some(2)), w(50), pause(None), w(100)],
         progress_deadline: Duration::from_secs(60),
         analysis: None,
+        scaling: Default::default(),
     }
 }
 
@@ -238,7 +239,7 @@ fn waits_for_a_ready_canary_then_fails_after_the_deadline() {
     let p = sim.settle();
     assert!(weight_actions(&p).is_empty());
     assert_eq!(sim.status.phase, Phase::Progressing);
-    assert!(sim.status.message.as_deref().unwrap_or("").contains("to be Ready"));
+    assert!(sim.status.message.as_deref().unwrap_or("").contains("Ready replicas"));
     sim.advance(61);
     let p = sim.settle();
     assert_eq!(sim.status.phase, Phase::RolledBack);
@@ -695,5 +696,255 @@ mod analysis {
         sim.obs.command = cmd("full", CommandKind::PromoteFull);
         sim.settle();
         assert_eq!(sim.status.phase, Phase::Succeeded);
+    }
+}
+
+mod scaling {
+    use super::*;
+    use crate::plan::{ScaleObserved, VersionScale};
+    use crate::scale::capacity::Bounds;
+
+    fn bounds(min: i32, max: i32) -> Bounds {
+        Bounds {
+            min_replicas: Some(min),
+            max_replicas: max,
+        }
+    }
+
+    fn version(deployment: &str, hpa_min: Option<i32>, replicas: i32, ready: i32) -> VersionScale {
+        VersionScale {
+            deployment: deployment.into(),
+            hpa: hpa_min.map(|m| (format!("{deployment}-hpa"), bounds(m, 10))),
+            spec_replicas: replicas,
+            ready_replicas: ready,
+        }
+    }
+
+    /// Stable at 4 replicas with an HPA (min 2), canary HPA min 1; steps 10 → 50 → 100.
+    fn sim() -> Sim {
+        let mut sim = Sim::new();
+        sim.spec.steps = vec![w(10), w(50), w(100)];
+        sim.obs.scaling = ScaleObserved {
+            stable: Some(version("app-v1", Some(2), 4, 4)),
+            canary: Some(version("app-v2", Some(1), 1, 1)),
+        };
+        sim
+    }
+
+    /// Apply HPA/replica actions to the observation; the HPA controller and kubelet are instant
+    /// unless `ready_cap` holds the canary back.
+    fn apply(sim: &mut Sim, p: &Plan, ready_cap: i32) {
+        for a in &p.actions {
+            match a {
+                Action::SetHpaBounds { hpa, bounds } => {
+                    for v in [&mut sim.obs.scaling.stable, &mut sim.obs.scaling.canary]
+                        .into_iter()
+                        .flatten()
+                    {
+                        if let Some((name, b)) = v.hpa.as_mut()
+                            && name == hpa
+                        {
+                            *b = *bounds;
+                            v.spec_replicas = v.spec_replicas.max(bounds.effective_min());
+                        }
+                    }
+                }
+                Action::SetReplicas { deployment, replicas } => {
+                    for v in [&mut sim.obs.scaling.stable, &mut sim.obs.scaling.canary]
+                        .into_iter()
+                        .flatten()
+                    {
+                        if &v.deployment == deployment {
+                            v.spec_replicas = *replicas;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(c) = sim.obs.scaling.canary.as_mut() {
+            c.ready_replicas = c.spec_replicas.min(ready_cap);
+        }
+    }
+
+    fn hpa_actions(p: &Plan) -> Vec<(String, Option<i32>)> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SetHpaBounds { hpa, bounds } => Some((hpa.clone(), bounds.min_replicas)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn originals_are_recorded_before_any_change() {
+        let mut sim = sim();
+        let p = sim.step();
+        assert!(
+            hpa_actions(&p).is_empty() && weight_actions(&p).is_empty(),
+            "{:?}",
+            p.actions
+        );
+        let sc = sim.status.scaling.clone().unwrap();
+        assert_eq!(sc.stable_replicas_at_start, 4);
+        assert_eq!(sc.canary.unwrap().original_bounds, Some(bounds(1, 10)));
+        assert_eq!(sc.stable.unwrap().original_bounds, Some(bounds(2, 10)));
+    }
+
+    #[test]
+    fn the_canary_gets_its_share_before_the_weight_moves() {
+        let mut sim = sim();
+        let mut trace = Vec::new();
+        let mut cap = 1;
+        for _ in 0..30 {
+            let p = sim.step();
+            apply(&mut sim, &p, cap);
+            let canary = sim.obs.scaling.canary.clone().unwrap();
+            let min = canary.hpa.map(|(_, b)| b.effective_min()).unwrap();
+            trace.push((min, canary.ready_replicas, sim.canary_weight()));
+            // Readiness comes one step behind the HPA: the weight must wait for it.
+            cap = canary.spec_replicas;
+            if sim.status.phase == Phase::Succeeded {
+                break;
+            }
+        }
+        for (min, ready, weight) in &trace {
+            let needed = match weight {
+                0 => 0,
+                10 => 1,
+                50 => 2,
+                _ => 4,
+            };
+            assert!(
+                *ready >= needed && *min >= needed,
+                "weight {weight} with min {min}, ready {ready}: {trace:?}"
+            );
+        }
+        assert!(trace.contains(&(2, 1, 10)), "50% waited for 2 Ready: {trace:?}");
+        assert!(trace.contains(&(4, 2, 50)), "100% waited for 4 Ready: {trace:?}");
+        assert_eq!(sim.status.phase, Phase::Succeeded);
+        // Stable stayed pinned at 4 during the rollout, and got its original bounds back on promotion.
+        let stable = sim.obs.scaling.stable.clone().unwrap();
+        assert_eq!(stable.hpa.map(|(_, b)| b), Some(bounds(2, 10)));
+    }
+
+    #[test]
+    fn rollback_moves_weights_before_restoring_hpas() {
+        let mut sim = sim();
+        while sim.canary_weight() < 50 {
+            let p = sim.step();
+            apply(&mut sim, &p, 10);
+        }
+        sim.obs.command = cmd("a", CommandKind::Abort);
+        let p = sim.step();
+        let first_weight = p
+            .actions
+            .iter()
+            .position(|a| matches!(a, Action::SetWeights { .. }))
+            .unwrap();
+        let first_hpa = p
+            .actions
+            .iter()
+            .position(|a| matches!(a, Action::SetHpaBounds { .. }))
+            .unwrap();
+        assert!(first_weight < first_hpa, "{:?}", p.actions);
+        assert_eq!(
+            hpa_actions(&p),
+            vec![("app-v2-hpa".to_string(), Some(1)), ("app-v1-hpa".to_string(), Some(2))]
+        );
+        assert_eq!(sim.status.scaling, None);
+    }
+
+    #[test]
+    fn old_stable_goes_to_zero_after_the_delay() {
+        let mut sim = sim();
+        sim.spec.scaling.scale_down_delay = Duration::from_secs(60);
+        for _ in 0..12 {
+            let p = sim.step();
+            apply(&mut sim, &p, 10);
+        }
+        assert_eq!(sim.status.phase, Phase::Succeeded);
+        let down = sim.status.scaling.as_ref().and_then(|s| s.scale_down.clone()).unwrap();
+        assert_eq!(down.deployment, "app-v1");
+        sim.advance(30);
+        let p = sim.step();
+        assert!(
+            !p.actions.iter().any(|a| matches!(a, Action::SetReplicas { .. })),
+            "too early: {:?}",
+            p.actions
+        );
+        sim.advance(31);
+        let p = sim.step();
+        assert!(p.actions.contains(&Action::SetReplicas {
+            deployment: "app-v1".into(),
+            replicas: 0
+        }));
+        assert_eq!(hpa_actions(&p), vec![("app-v2-hpa".to_string(), Some(1))]);
+        assert_eq!(sim.status.scaling, None);
+    }
+
+    #[test]
+    fn max_below_the_need_fails_or_is_raised_by_policy() {
+        let mut sim = sim();
+        sim.obs.scaling.canary = Some(VersionScale {
+            hpa: Some(("app-v2-hpa".into(), bounds(1, 3))),
+            ..version("app-v2", None, 1, 1)
+        });
+        for _ in 0..12 {
+            let p = sim.step();
+            apply(&mut sim, &p, 10);
+        }
+        assert_eq!(sim.status.phase, Phase::RolledBack);
+        assert!(
+            sim.status.message.as_deref().unwrap_or("").contains("maxReplicas 3"),
+            "{:?}",
+            sim.status.message
+        );
+
+        let mut sim = super::scaling::sim();
+        sim.spec.scaling.raise_max_replicas = true;
+        sim.obs.scaling.canary = Some(VersionScale {
+            hpa: Some(("app-v2-hpa".into(), bounds(1, 3))),
+            ..version("app-v2", None, 1, 1)
+        });
+        for _ in 0..12 {
+            let p = sim.step();
+            apply(&mut sim, &p, 10);
+        }
+        assert_eq!(sim.status.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn a_canary_without_hpa_is_scaled_through_replicas() {
+        let mut sim = sim();
+        sim.obs.scaling.canary = Some(version("app-v2", None, 1, 1));
+        let mut replicas = Vec::new();
+        for _ in 0..12 {
+            let p = sim.step();
+            for a in &p.actions {
+                if let Action::SetReplicas { replicas: r, .. } = a {
+                    replicas.push(*r);
+                }
+            }
+            apply(&mut sim, &p, 10);
+        }
+        assert_eq!(replicas, vec![2, 4]);
+        assert_eq!(sim.status.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn deleting_mid_rollout_returns_traffic_and_restores_everything() {
+        let mut sim = sim();
+        while sim.canary_weight() < 50 {
+            let p = sim.step();
+            apply(&mut sim, &p, 10);
+        }
+        let actions = crate::plan::cleanup(&sim.spec, &sim.status, sim.now);
+        assert!(
+            matches!(actions[0], Action::SetWeights { canary_weight: 0, .. }),
+            "{actions:?}"
+        );
+        assert_eq!(actions.len(), 3, "{actions:?}");
     }
 }

@@ -50,6 +50,64 @@ pub struct RolloutPolicySpec {
     /// Judge the canary from Prometheus at every interval; roll back on an SLO breach.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<Analysis>,
+    /// How each version's capacity follows the traffic it is about to get. On by default.
+    #[serde(default)]
+    pub scaling: Scaling,
+}
+
+/// Capacity coordination: before each weight increase the canary gets the replicas for its new share
+/// (through its HPA's minReplicas, or `spec.replicas` without an HPA); stable keeps its capacity
+/// until the rollout ends; the old stable is scaled to zero after promotion.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Scaling {
+    /// Off: canaryd never touches replicas or HPAs.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Spare capacity for the canary: replicas = ceil(stable replicas at start × weight / 100 × headroom).
+    #[serde(default = "one_f64")]
+    #[schemars(range(min = 1.0))]
+    pub headroom: f64,
+    /// How long the old stable keeps running after promotion before it is scaled to zero.
+    #[serde(default = "default_scale_down_delay", with = "humantime_serde")]
+    #[schemars(schema_with = "crate::policy::schema::duration")]
+    pub scale_down_delay: Duration,
+    /// When the canary HPA's maxReplicas is below what a step needs: raise it for the rollout (true)
+    /// or fail the rollout with a clear reason (false).
+    #[serde(default)]
+    pub raise_max_replicas: bool,
+    /// After a rollback the canary keeps running for inspection; true scales it to zero instead.
+    #[serde(default)]
+    pub scale_down_canary_on_rollback: bool,
+    /// HPA names, when they cannot be found by their scaleTargetRef.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_hpa: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_hpa: Option<String>,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            headroom: 1.0,
+            scale_down_delay: default_scale_down_delay(),
+            raise_max_replicas: false,
+            scale_down_canary_on_rollback: false,
+            stable_hpa: None,
+            canary_hpa: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn one_f64() -> f64 {
+    1.0
+}
+fn default_scale_down_delay() -> Duration {
+    Duration::from_secs(60)
 }
 
 pub fn default_progress_deadline() -> Duration {
@@ -196,6 +254,46 @@ pub struct RolloutPolicyStatus {
     pub history: Vec<Transition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingStatus>,
+}
+
+/// What canaryd changed in each version's scaling, recorded before the first change so that it is
+/// restored exactly, also after a restart, an abort or the policy's deletion.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingStatus {
+    /// Stable's replicas when the rollout started: the canary's capacity is computed from it.
+    pub stable_replicas_at_start: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<VersionScaling>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<VersionScaling>,
+    /// After promotion: the old stable to scale to zero, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<ScaleDown>,
+}
+
+/// One version's scaling as it was before canaryd changed it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionScaling {
+    pub deployment: String,
+    /// The HPA and its original bounds; absent when the Deployment has no HPA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hpa: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_bounds: Option<crate::scale::capacity::Bounds>,
+    /// `spec.replicas` before canaryd changed it (Deployments without an HPA).
+    pub original_replicas: i32,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleDown {
+    pub deployment: String,
+    #[schemars(with = "String")]
+    pub at: Timestamp,
 }
 
 /// Where the analysis of the current canary stands.

@@ -287,6 +287,7 @@ mod tests {
             steps,
             progress_deadline: Duration::from_secs(60),
             analysis: None,
+            scaling: Default::default(),
         }
     }
 

@@ -13,17 +13,9 @@ use serde_json::{Map, Value, json};
 use super::capacity::{Bounds, CapacityError};
 
 /// Same manager as canaryd's weight writes, so `managedFields` show who set the bounds.
-pub const FIELD_MANAGER: &str = "canaryd";
+pub use crate::mesh::istio::{FIELD_MANAGER, WriteOutcome};
 /// Read again and retry this many times when the object changes between our read and our write.
 const WRITE_ATTEMPTS: usize = 5;
-
-/// What one write did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// Already as asked: nothing was sent.
-    Unchanged,
-    Written,
-}
 
 /// A Deployment's replicas as observed now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

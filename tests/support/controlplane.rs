@@ -5,6 +5,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -254,10 +255,66 @@ status:
         Ok(())
     }
 
+    /// Holds back the pods of namespace `ns` that are not bound yet: the fake scheduler stops binding
+    /// them, so kwok never makes them Running or Ready (they stay Pending, counted in a Deployment's
+    /// `replicas` but not in its `readyReplicas`). Pods already bound are not touched, and other
+    /// namespaces go on as usual, so tests running in parallel are not slowed down.
+    pub fn hold_pods(&self, ns: &str) {
+        if let Ok(mut held) = HELD_NAMESPACES.lock() {
+            held.insert(ns.to_string(), 0);
+        }
+    }
+
+    /// While `ns` is held: lets `n` more of its pods be bound (and so become Ready), oldest first
+    /// as the list returns them; the rest stay held.
+    pub fn admit_pods(&self, ns: &str, n: usize) {
+        if let Ok(mut held) = HELD_NAMESPACES.lock() {
+            if let Some(budget) = held.get_mut(ns) {
+                *budget += n;
+            }
+        }
+    }
+
+    /// Undoes [`ControlPlane::hold_pods`]: the held pods are bound at the next round (200 ms) and
+    /// become Ready right after.
+    pub fn release_pods(&self, ns: &str) {
+        if let Ok(mut held) = HELD_NAMESPACES.lock() {
+            held.remove(ns);
+        }
+    }
+
     /// Fails if any control-plane process has exited.
     fn check_running(&self) -> Result<()> {
         let mut procs = self.procs.lock().map_err(|_| anyhow!("process list poisoned"))?;
         procs.iter_mut().try_for_each(exited)
+    }
+}
+
+/// Namespaces whose pods the fake scheduler leaves unbound, each with how many it may still bind
+/// (see [`ControlPlane::hold_pods`] and [`ControlPlane::admit_pods`]).
+static HELD_NAMESPACES: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+
+/// Whether a pod of `ns` may be bound now; takes one from the namespace's budget if it is held.
+fn may_bind(ns: &str) -> bool {
+    let Ok(mut held) = HELD_NAMESPACES.lock() else {
+        return true;
+    };
+    match held.get_mut(ns) {
+        None => true,
+        Some(0) => false,
+        Some(budget) => {
+            *budget -= 1;
+            true
+        }
+    }
+}
+
+/// Gives back a budget taken by [`may_bind`] when the binding failed.
+fn unbound(ns: &str) {
+    if let Ok(mut held) = HELD_NAMESPACES.lock() {
+        if let Some(budget) = held.get_mut(ns) {
+            *budget += 1;
+        }
     }
 }
 
@@ -287,6 +344,9 @@ async fn bind_pods_forever(client: kube::Client) {
             let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name) else {
                 continue;
             };
+            if !may_bind(&ns) {
+                continue;
+            }
             let binding = serde_json::json!({
                 "apiVersion": "v1",
                 "kind": "Binding",
@@ -295,9 +355,12 @@ async fn bind_pods_forever(client: kube::Client) {
             });
             let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
             // Losing a race with a deletion is fine: the next round sees the current state.
-            let _ = pods
+            let bound = pods
                 .create_subresource::<_, serde_json::Value>("binding", &name, &PostParams::default(), &binding)
                 .await;
+            if bound.is_err() {
+                unbound(&ns);
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
