@@ -7,6 +7,7 @@ pub mod cli;
 pub mod controller;
 pub mod error;
 pub mod gates;
+pub mod hash;
 pub mod http;
 pub mod mesh;
 pub mod metrics;

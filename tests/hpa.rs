@@ -12,6 +12,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -149,6 +150,8 @@ struct Obs {
 
 struct Recorder {
     raws: Arc<Mutex<Vec<Raw>>>,
+    /// Whether the scenario has HPAs: the timeline starts once all its objects have been seen.
+    hpas: bool,
     tasks: Vec<JoinHandle<()>>,
     began: Instant,
 }
@@ -173,6 +176,7 @@ fn spawn_watch<K>(
     api: Api<K>,
     config: watcher::Config,
     raws: Arc<Mutex<Vec<Raw>>>,
+    listed: Arc<AtomicUsize>,
     change: impl Fn(&K, bool) -> Option<Change> + Send + 'static,
 ) -> JoinHandle<()>
 where
@@ -180,10 +184,16 @@ where
 {
     tokio::spawn(async move {
         let mut events = watcher(api, config).boxed();
+        let mut first_list = true;
         while let Some(event) = events.next().await {
             let (obj, deleted) = match event {
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
                 Ok(watcher::Event::Delete(o)) => (o, true),
+                Ok(watcher::Event::InitDone) if first_list => {
+                    first_list = false;
+                    listed.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
                 _ => continue,
             };
             if let Some(c) = change(&obj, deleted) {
@@ -203,8 +213,9 @@ where
 impl Recorder {
     /// Watches the HPAs and Deployments of the seed's namespace, its VirtualService and its policy;
     /// returns once the current state of all of them has been seen.
-    async fn start(seed: &Seed) -> Result<Self> {
+    async fn start(seed: &Seed, with_hpas: Hpas) -> Result<Self> {
         let raws = Arc::new(Mutex::new(Vec::new()));
+        let listed = Arc::new(AtomicUsize::new(0));
         let client = seed.client.clone();
         let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &seed.ns);
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &seed.ns);
@@ -218,24 +229,37 @@ impl Recorder {
         let fqdn = format!("istio-test.{}.svc.cluster.local", seed.ns);
         let vs_ns = seed.vs_ns.clone();
         let tasks = vec![
-            spawn_watch(hpas, watcher::Config::default(), raws.clone(), |h, deleted| {
-                let spec = &h.spec;
-                (!deleted).then(|| Change::Hpa {
-                    name: h.name_any(),
-                    min: spec.min_replicas,
-                    max: spec.max_replicas,
-                })
-            }),
-            spawn_watch(deployments, watcher::Config::default(), raws.clone(), |d, deleted| {
-                (!deleted).then(|| Change::Deploy {
-                    name: d.name_any(),
-                    replicas: replicas_of(d),
-                })
-            }),
+            spawn_watch(
+                hpas,
+                watcher::Config::default(),
+                raws.clone(),
+                listed.clone(),
+                |h, deleted| {
+                    let spec = &h.spec;
+                    (!deleted).then(|| Change::Hpa {
+                        name: h.name_any(),
+                        min: spec.min_replicas,
+                        max: spec.max_replicas,
+                    })
+                },
+            ),
+            spawn_watch(
+                deployments,
+                watcher::Config::default(),
+                raws.clone(),
+                listed.clone(),
+                |d, deleted| {
+                    (!deleted).then(|| Change::Deploy {
+                        name: d.name_any(),
+                        replicas: replicas_of(d),
+                    })
+                },
+            ),
             spawn_watch(
                 vss,
                 watcher::Config::default().fields(&format!("metadata.name={VS}")),
                 raws.clone(),
+                listed.clone(),
                 move |vs, _| {
                     let vs = serde_json::to_value(vs).ok()?;
                     let route = vs.pointer("/spec/http/1")?;
@@ -248,6 +272,7 @@ impl Recorder {
                 policies,
                 watcher::Config::default().fields(&format!("metadata.name={POLICY}")),
                 raws.clone(),
+                listed.clone(),
                 |p, deleted| {
                     if deleted {
                         return Some(Change::PolicyGone);
@@ -261,33 +286,30 @@ impl Recorder {
         ];
         let rec = Recorder {
             raws,
+            hpas: with_hpas == Hpas::Both,
             tasks,
             began: Instant::now(),
         };
+        // Every watch has listed (and so watches from then on), and the objects are all known.
+        let watches = rec.tasks.len();
         support::wait_until("the recorder's first view", T, async || {
-            let s = rec.now();
-            Ok((s.deploy.contains_key(STABLE) && s.deploy.contains_key(CANARY) && s.weights != (0, 0)).then_some(()))
+            let listed = listed.load(Ordering::SeqCst) == watches;
+            Ok((listed && !rec.timeline().is_empty()).then_some(()))
         })
         .await?;
         Ok(rec)
     }
 
-    /// Every recorded write in etcd order, with the state right after it.
+    /// Every recorded write in etcd order, with the state right after it, from the first state in
+    /// which every object of the scenario is known.
     fn timeline(&self) -> Vec<Obs> {
         let mut raws = self.raws.lock().map(|r| r.clone()).unwrap_or_default();
         raws.sort_by_key(|r| (r.rv, r.at));
+        // A relist shows versions already seen again.
+        raws.dedup_by(|b, a| a.rv == b.rv && a.change == b.change);
         let mut state = State::default();
         let mut out: Vec<Obs> = Vec::new();
         for raw in raws {
-            // A relist shows versions already seen again.
-            if out
-                .iter()
-                .rev()
-                .take(8)
-                .any(|o| o.rv == raw.rv && o.change == raw.change)
-            {
-                continue;
-            }
             match &raw.change {
                 Change::Hpa { name, min, max } => {
                     state.hpa.insert(name.clone(), (*min, *max));
@@ -305,6 +327,13 @@ impl Recorder {
                     state.policy_exists = false;
                     state.policy_gone = true;
                 }
+            }
+            let known = state.deploy.contains_key(STABLE)
+                && state.deploy.contains_key(CANARY)
+                && state.weights != (0, 0)
+                && (!self.hpas || (state.hpa.contains_key(STABLE) && state.hpa.contains_key(CANARY)));
+            if !known {
+                continue;
             }
             out.push(Obs {
                 rv: raw.rv,
@@ -547,6 +576,47 @@ fn check_recorded_before_changes(rec: &Recorder, hpas: bool) -> Result<()> {
     Ok(())
 }
 
+/// A rollback in etcd order: the weights went back to 100/0 while both HPAs still had the rollout's
+/// bounds (canary min raised, stable pinned at 4); both got their original bounds back after that.
+fn check_traffic_first(rec: &Recorder) -> Result<()> {
+    let tl = rec.timeline();
+    let back = tl
+        .iter()
+        .filter(|o| matches!(o.change, Change::Weights(..)))
+        .skip_while(|o| o.state.canary_weight() == 0)
+        .find(|o| o.state.canary_weight() == 0)
+        .cloned()
+        .context("weights never went back to 100/0")?;
+    eprintln!(
+        "weights 100/0 at rv {}: canary HPA (min, max) {:?}, stable HPA {:?}",
+        back.rv,
+        back.state.bounds(CANARY),
+        back.state.bounds(STABLE)
+    );
+    ensure(
+        back.state.min(CANARY).unwrap_or(0) >= 2,
+        format!(
+            "canary HPA min already {:?} when the weights hit 100/0 (rv {})",
+            back.state.min(CANARY),
+            back.rv
+        ),
+    )?;
+    ensure(
+        back.state.min(STABLE) == Some(STABLE_REPLICAS),
+        format!(
+            "stable HPA min already {:?} when the weights hit 100/0 (rv {})",
+            back.state.min(STABLE),
+            back.rv
+        ),
+    )?;
+    for name in [CANARY, STABLE] {
+        tl.iter()
+            .find(|o| o.rv > back.rv && o.state.bounds(name) == Some((1, 10)))
+            .with_context(|| format!("HPA {name} never got its bounds back after the weights went back"))?;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. Capacity first, then the weight.
 
@@ -557,7 +627,7 @@ fn check_recorded_before_changes(rec: &Recorder, hpas: bool) -> Result<()> {
 async fn canary_capacity_is_ready_before_each_weight_increase() -> Result<()> {
     let cp = support::control_plane_with_nodes().await?;
     let seed = seed_with_pods("hpa-steps", Hpas::Both).await?;
-    let rec = Recorder::start(&seed).await?;
+    let rec = Recorder::start(&seed, Hpas::Both).await?;
     let daemon = start_daemon(&seed.ns).await?;
     let run = async {
         // No canary pod gets Ready from here on unless admitted.
@@ -670,7 +740,7 @@ async fn stable_is_pinned_and_scaled_to_zero_after_promotion() -> Result<()> {
     let seed = seed_with_pods("hpa-promote", Hpas::Both).await?;
     let before_stable = seed.hpa_owned(STABLE).await?;
     let before_canary = seed.hpa_owned(CANARY).await?;
-    let rec = Recorder::start(&seed).await?;
+    let rec = Recorder::start(&seed, Hpas::Both).await?;
     let daemon = start_daemon(&seed.ns).await?;
     let run = async {
         seed.apply(&policy(&seed, "{duration: 2s}", "10m")?).await?;
@@ -796,7 +866,7 @@ async fn abort_returns_traffic_before_restoring_bounds() -> Result<()> {
     let seed = seed_with_pods("hpa-abort", Hpas::Both).await?;
     let before_stable = seed.hpa_owned(STABLE).await?;
     let before_canary = seed.hpa_owned(CANARY).await?;
-    let rec = Recorder::start(&seed).await?;
+    let rec = Recorder::start(&seed, Hpas::Both).await?;
     let daemon = start_daemon(&seed.ns).await?;
     let run = async {
         // Waits for approval at 50 %.
@@ -822,45 +892,7 @@ async fn abort_returns_traffic_before_restoring_bounds() -> Result<()> {
         wait_hpa_restored(&seed, CANARY, &before_canary, T).await?;
         wait_hpa_restored(&seed, STABLE, &before_stable, T).await?;
 
-        // In etcd order: the weights hit 100/0 while the HPAs still had the rollout's bounds; they
-        // were restored after.
-        let tl = rec.timeline();
-        let back = tl
-            .iter()
-            .filter(|o| matches!(o.change, Change::Weights(..)))
-            .skip_while(|o| o.state.canary_weight() == 0)
-            .find(|o| o.state.canary_weight() == 0)
-            .cloned()
-            .context("weights never went back to 100/0")?;
-        eprintln!(
-            "weights 100/0 at rv {}: canary HPA {:?}, stable HPA {:?}",
-            back.rv,
-            back.state.bounds(CANARY),
-            back.state.bounds(STABLE)
-        );
-        ensure(
-            back.state.min(CANARY).unwrap_or(0) >= 2,
-            format!(
-                "canary HPA min already {:?} when the weights hit 100/0 (rv {})",
-                back.state.min(CANARY),
-                back.rv
-            ),
-        )?;
-        ensure(
-            back.state.min(STABLE) == Some(STABLE_REPLICAS),
-            format!(
-                "stable HPA min already {:?} when the weights hit 100/0 (rv {})",
-                back.state.min(STABLE),
-                back.rv
-            ),
-        )?;
-        for name in [CANARY, STABLE] {
-            let restored = tl
-                .iter()
-                .find(|o| o.rv > back.rv && o.state.bounds(name) == Some((1, 10)))
-                .with_context(|| format!("{name} HPA restored before the weights went back"))?;
-            ensure(restored.rv > back.rv, "restored too early")?;
-        }
+        check_traffic_first(&rec)?;
         ensure(check_recorded_originals(&rec, true)? > 0, "no status.scaling seen")?;
         Ok(())
     };
@@ -876,7 +908,7 @@ async fn sigkill_after_raising_the_hpa_keeps_the_true_originals() -> Result<()> 
     let seed = seed_with_pods("hpa-kill", Hpas::Both).await?;
     let before_stable = seed.hpa_owned(STABLE).await?;
     let before_canary = seed.hpa_owned(CANARY).await?;
-    let rec = Recorder::start(&seed).await?;
+    let rec = Recorder::start(&seed, Hpas::Both).await?;
     let mut first = start_daemon(&seed.ns).await?;
     cp.hold_pods(&seed.ns);
     let phase_one = async {
@@ -951,7 +983,7 @@ async fn deleting_the_policy_restores_everything_first() -> Result<()> {
     let seed = seed_with_pods("hpa-delete", Hpas::Both).await?;
     let before_stable = seed.hpa_owned(STABLE).await?;
     let before_canary = seed.hpa_owned(CANARY).await?;
-    let rec = Recorder::start(&seed).await?;
+    let rec = Recorder::start(&seed, Hpas::Both).await?;
     let daemon = start_daemon(&seed.ns).await?;
     let run = async {
         seed.apply(&policy(&seed, "{}", "10m")?).await?;
@@ -1001,17 +1033,19 @@ async fn deleting_the_policy_restores_everything_first() -> Result<()> {
             .find(|o| o.change == Change::PolicyGone)
             .map(|o| o.rv)
             .context("deletion")?;
+        // The last change of HPA bounds or weights (the HPA controller's status writes aside).
         let last_write = tl
-            .iter()
-            .filter(|o| matches!(o.change, Change::Hpa { .. } | Change::Weights(..)))
-            .map(|o| o.rv)
+            .windows(2)
+            .filter(|w| {
+                let (a, b) = (&w[0].state, &w[1].state);
+                a.hpa != b.hpa || a.weights != b.weights
+            })
+            .map(|w| w[1].rv)
             .max()
             .unwrap_or(0);
         ensure(
             last_write < gone,
-            format!(
-                "an HPA or the VirtualService was written at rv {last_write}, after the policy was deleted at rv {gone}"
-            ),
+            format!("HPA bounds or weights changed at rv {last_write}, after the policy was deleted at rv {gone}"),
         )?;
         Ok(())
     };
@@ -1024,7 +1058,7 @@ async fn deleting_the_policy_restores_everything_first() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_without_hpa_follow_the_steps() -> Result<()> {
     let seed = seed_with_pods("hpa-none", Hpas::None).await?;
-    let rec = Recorder::start(&seed).await?;
+    let rec = Recorder::start(&seed, Hpas::None).await?;
     let daemon = start_daemon(&seed.ns).await?;
     let run = async {
         seed.apply(&policy(&seed, "{duration: 2s}", "10m")?).await?;
@@ -1105,7 +1139,7 @@ async fn replicas_without_hpa_follow_the_steps() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_without_hpa_are_restored_on_abort() -> Result<()> {
     let seed = seed_with_pods("hpa-none-abort", Hpas::None).await?;
-    let rec = Recorder::start(&seed).await?;
+    let rec = Recorder::start(&seed, Hpas::None).await?;
     let daemon = start_daemon(&seed.ns).await?;
     let run = async {
         seed.apply(&policy(&seed, "{}", "10m")?).await?;
@@ -1163,7 +1197,7 @@ async fn capacity_wait_past_progress_deadline_rolls_back() -> Result<()> {
     let seed = seed_with_pods("hpa-deadline", Hpas::Both).await?;
     let before_stable = seed.hpa_owned(STABLE).await?;
     let before_canary = seed.hpa_owned(CANARY).await?;
-    let rec = Recorder::start(&seed).await?;
+    let rec = Recorder::start(&seed, Hpas::Both).await?;
     let daemon = start_daemon(&seed.ns).await?;
     let run = async {
         cp.hold_pods(&seed.ns);
@@ -1190,6 +1224,8 @@ async fn capacity_wait_past_progress_deadline_rolls_back() -> Result<()> {
             .map(|(_, o)| o.state.canary_weight())
             .collect();
         ensure(rises == [10], format!("weight rises {rises:?}"))?;
+        check_traffic_first(&rec)?;
+        ensure(check_recorded_originals(&rec, true)? > 0, "no status.scaling seen")?;
         Ok(())
     };
     let result = run.await;

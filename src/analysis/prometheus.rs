@@ -34,11 +34,7 @@ impl Credentials {
             Credentials::Bearer(t) => format!("bearer\0{t}"),
             Credentials::Basic { username, password } => format!("basic\0{username}\0{password}"),
         };
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in text.bytes() {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let hash = crate::hash::fnv1a64(text.bytes());
         format!("{hash:016x}")
     }
 }

@@ -16,7 +16,7 @@ const BAR: usize = 30;
 fn row(p: &RolloutPolicy) -> [String; 8] {
     let st = p.status.clone().unwrap_or_default();
     let step = match st.step {
-        Some(s) => format!("{}/{}", (s as usize).min(p.spec.steps.len()), p.spec.steps.len()),
+        Some(s) => format!("{}/{}", (s as usize + 1).min(p.spec.steps.len()), p.spec.steps.len()),
         None => "-".into(),
     };
     [
@@ -86,7 +86,7 @@ pub fn detail(p: &RolloutPolicy) -> String {
         let _ = writeln!(
             out,
             "  step   {}/{}",
-            (step as usize).min(p.spec.steps.len()),
+            (step as usize + 1).min(p.spec.steps.len()),
             p.spec.steps.len()
         );
     }

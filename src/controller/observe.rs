@@ -23,12 +23,7 @@ use crate::scale::hpa;
 /// `DefaultHasher`, because it is recorded in status.
 pub fn template_hash(d: &Deployment) -> String {
     let template = &d.spec.template;
-    let bytes = serde_json::to_vec(&template).unwrap_or_default();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let hash = crate::hash::fnv1a64(serde_json::to_vec(&template).unwrap_or_default());
     format!("{hash:016x}")
 }
 

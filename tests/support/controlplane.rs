@@ -268,10 +268,10 @@ status:
     /// While `ns` is held: lets `n` more of its pods be bound (and so become Ready), oldest first
     /// as the list returns them; the rest stay held.
     pub fn admit_pods(&self, ns: &str, n: usize) {
-        if let Ok(mut held) = HELD_NAMESPACES.lock() {
-            if let Some(budget) = held.get_mut(ns) {
-                *budget += n;
-            }
+        if let Ok(mut held) = HELD_NAMESPACES.lock()
+            && let Some(budget) = held.get_mut(ns)
+        {
+            *budget += n;
         }
     }
 
@@ -311,10 +311,10 @@ fn may_bind(ns: &str) -> bool {
 
 /// Gives back a budget taken by [`may_bind`] when the binding failed.
 fn unbound(ns: &str) {
-    if let Ok(mut held) = HELD_NAMESPACES.lock() {
-        if let Some(budget) = held.get_mut(ns) {
-            *budget += 1;
-        }
+    if let Ok(mut held) = HELD_NAMESPACES.lock()
+        && let Some(budget) = held.get_mut(ns)
+    {
+        *budget += 1;
     }
 }
 
