@@ -280,7 +280,15 @@ async fn prometheus_sees_the_mesh_follow_the_weights() -> anyhow::Result<()> {
                 Duration::from_secs(60),
             )
             .await?;
-        eprintln!("v1:v2 request rate ratio in Prometheus: {:.3}", seen[0].1);
+        eprintln!(
+            "v1:v2 request rate ratio in Prometheus: {:.3} (first within 3 %)",
+            seen[0].1
+        );
+        // Once the window holds only the split, it stays there.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let settled = prom.query(&ratio).await?.first().map(|s| s.1).unwrap_or(f64::NAN);
+        eprintln!("v1:v2 request rate ratio in Prometheus, settled: {settled:.3}");
+        anyhow::ensure!((settled - 9.0).abs() < 9.0 * 0.03, "ratio drifted to {settled}");
 
         let http = reqwest::Client::new();
         let resp = http
@@ -302,10 +310,49 @@ async fn prometheus_sees_the_mesh_follow_the_weights() -> anyhow::Result<()> {
                 Duration::from_secs(60),
             )
             .await?;
-        eprintln!("v2 success rate in Prometheus: {:.2}%", seen[0].1);
+        eprintln!("v2 success rate in Prometheus: {:.2}% (first within 3 %)", seen[0].1);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let settled = prom.query(&success).await?.first().map(|s| s.1).unwrap_or(f64::NAN);
+        eprintln!("v2 success rate in Prometheus, settled: {settled:.2}%");
+        anyhow::ensure!(
+            (settled - 80.0).abs() < 80.0 * 0.03,
+            "success rate drifted to {settled}"
+        );
         anyhow::Ok(())
     };
     let result = run.await.map_err(|e| e.context(mesh.logs(20)).context(prom.logs(10)));
     mesh.terminate(Duration::from_secs(10)).await?;
     result
+}
+
+/// Schema-level errors in a RolloutPolicy are refused by the API server itself (OpenAPI + CEL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crd_refuses_malformed_policies() -> anyhow::Result<()> {
+    let client = support::client().await?;
+    support::create_namespace("crd-refuses").await?;
+    let base = fixture::seed_yaml("rolloutpolicy.yaml", "crd-refuses", "crd-refuses");
+    support::apply_yaml(&client, &base).await?;
+    let cases = [
+        (
+            "    - weight: 10\n",
+            "    - weight: 10\n      pause: {}\n",
+            "exactly one of weight or pause",
+        ),
+        ("duration: 2s", "duration: soon", "duration"),
+        ("    - weight: 50\n", "    - weight: 150\n", "weight"),
+        ("  destinationRule: istio-test-dr\n", "", "destinationRule"),
+    ];
+    for (from, to, mention) in cases {
+        let broken = base.replace(from, to);
+        anyhow::ensure!(broken != base, "case {mention}: nothing replaced");
+        let err = support::apply_yaml(&client, &broken)
+            .await
+            .expect_err("malformed policy accepted");
+        let text = format!("{err:#}");
+        anyhow::ensure!(
+            text.contains(mention),
+            "case {mention}: rejection does not say so: {text}"
+        );
+    }
+    Ok(())
 }
