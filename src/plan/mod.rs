@@ -7,7 +7,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use crate::analysis::engine::Check;
-use crate::gates::commands::{Command, CommandKind};
+use crate::gates::commands::Command;
 use crate::policy::types::{
     AnalysisStatus, CanaryStatus, Condition, Phase, RolloutPolicySpec, RolloutPolicyStatus, Transition, VersionRef,
 };
@@ -15,6 +15,7 @@ use crate::policy::validate::validate_spec;
 
 mod analysis;
 mod capacity;
+mod commands;
 
 pub use capacity::{ScaleObserved, VersionScale};
 #[cfg(test)]
@@ -232,49 +233,7 @@ impl Planner<'_> {
             self.start(&stable, identity.clone(), previous);
         }
 
-        let mut promote = None;
-        if let Some(cmd) = self.new_command() {
-            self.st.last_command_id = Some(cmd.id.clone());
-            let by = cmd.by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default();
-            match cmd.kind {
-                CommandKind::Abort => {
-                    if self.halted().is_none() {
-                        self.send_all_to_stable(&stable);
-                        self.halt(
-                            Phase::Aborted,
-                            "Aborted",
-                            format!("rollout aborted{by}; all traffic on stable"),
-                        );
-                    }
-                }
-                CommandKind::Retry => {
-                    if self.halted().is_some() {
-                        self.event(EventType::Normal, "Retry", format!("retry requested{by}"));
-                        self.start(&stable, identity.clone(), None);
-                    } else {
-                        self.event(
-                            EventType::Normal,
-                            "CommandIgnored",
-                            format!("retry{by}: nothing to retry"),
-                        );
-                    }
-                }
-                CommandKind::Pause => {
-                    self.st.paused = true;
-                    self.event(EventType::Normal, "PauseRequested", format!("rollout paused{by}"));
-                }
-                CommandKind::Resume => {
-                    self.st.paused = false;
-                    if let Some(a) = self.st.analysis.as_mut() {
-                        a.inconclusive = 0;
-                        a.errors = 0;
-                    }
-                    self.event(EventType::Normal, "ResumeRequested", format!("rollout resumed{by}"));
-                }
-                CommandKind::Promote => promote = Some((false, by)),
-                CommandKind::PromoteFull => promote = Some((true, by)),
-            }
-        }
+        let promote = self.apply_command(&stable, &identity);
 
         if let Some(halted) = self.halted() {
             // Keep all traffic on stable while the canary stays halted.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use super::*;
+use crate::gates::commands::CommandKind;
 use crate::policy::types::{Pause, Step, VirtualServiceRef};
 
 fn t(secs: i64) -> Timestamp {
