@@ -18,6 +18,8 @@ pub enum Error {
     Secret(String),
     #[error(transparent)]
     Scale(#[from] crate::scale::hpa::ScaleError),
+    #[error("leader election: {0}")]
+    Lease(String),
 }
 
 impl Error {
@@ -33,6 +35,7 @@ impl Error {
             Error::MissingField(_) => "invalid_object",
             Error::Secret(_) => "secret",
             Error::Scale(e) => e.category(),
+            Error::Lease(_) => "lease",
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use canaryd::cli::{self, status, validate};
+use canaryd::controller::leader;
 use canaryd::gates::commands::CommandKind;
 use canaryd::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
@@ -31,6 +32,21 @@ struct Target {
     no_wait: bool,
 }
 
+#[derive(clap::Args)]
+struct Election {
+    /// Run the controller only while holding a Lease (for more than one replica).
+    #[arg(long, env = "CANARYD_LEADER_ELECT")]
+    leader_elect: bool,
+    #[arg(long, default_value = "canaryd")]
+    lease_name: String,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else canaryd-system).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "canaryd-system")]
+    lease_namespace: String,
+    /// How long a Lease lasts without renewal: a standby takes over after at most this.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
@@ -43,6 +59,8 @@ enum Command {
         /// Watch RolloutPolicies in this namespace only (default: all).
         #[arg(long, env = "CANARYD_NAMESPACE")]
         namespace: Option<String>,
+        #[command(flatten)]
+        election: Election,
     },
     /// Print the RolloutPolicy CRD (YAML).
     Crd,
@@ -117,7 +135,14 @@ async fn client() -> anyhow::Result<kube::Client> {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     let (target, kind) = match command {
-        Command::Run { listen, namespace, .. } => return run(listen, namespace).await.map(|_| ExitCode::SUCCESS),
+        Command::Run {
+            listen,
+            namespace,
+            election,
+            ..
+        } => {
+            return run(listen, namespace, election).await.map(|_| ExitCode::SUCCESS);
+        }
         Command::Crd => {
             print!("{}", canaryd::policy::crd_yaml()?);
             return Ok(ExitCode::SUCCESS);
@@ -195,7 +220,7 @@ fn validate_cmd(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn run(listen: SocketAddr, namespace: Option<String>) -> anyhow::Result<()> {
+async fn run(listen: SocketAddr, namespace: Option<String>, election: Election) -> anyhow::Result<()> {
     let client = client().await?;
     let metrics = Arc::new(canaryd::metrics::Metrics::default());
     let listener = tokio::net::TcpListener::bind(listen)
@@ -207,7 +232,26 @@ async fn run(listen: SocketAddr, namespace: Option<String>) -> anyhow::Result<()
     println!("listening on {addr}");
     let app = canaryd::http::router(metrics.clone());
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    canaryd::controller::run(client, metrics, namespace.as_deref()).await;
+    let result = if election.leader_elect {
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("canaryd-{}", std::process::id()));
+        tracing::info!(lease = %election.lease_name, %identity, "waiting for the lease");
+        let leading = leader::acquire(
+            client.clone(),
+            &election.lease_namespace,
+            &election.lease_name,
+            &identity,
+            election.lease_duration,
+        )
+        .await?;
+        tracing::info!(lease = %election.lease_name, %identity, "leading");
+        tokio::select! {
+            () = canaryd::controller::run(client, metrics, namespace.as_deref()) => Ok(()),
+            () = leader::lost(leading) => Err(anyhow::anyhow!("lost the lease; exiting so that only one daemon writes")),
+        }
+    } else {
+        canaryd::controller::run(client, metrics, namespace.as_deref()).await;
+        Ok(())
+    };
     server.abort();
-    Ok(())
+    result
 }

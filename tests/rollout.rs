@@ -524,3 +524,71 @@ async fn preflight_traps_are_reported_and_change_nothing() -> Result<()> {
     }
     Ok(())
 }
+
+/// With leader election, only the Lease holder writes; when it dies, the standby takes over and
+/// the rollout goes on where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_writes_and_a_standby_takes_over() -> Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+
+    let seed = seed("leader").await?;
+    let election = [
+        "--leader-elect",
+        "--lease-name",
+        "leader-test",
+        "--lease-duration",
+        "3s",
+    ];
+    let mut a = fixture::start_daemon_with(&seed.ns, &election, &[("POD_NAME", "daemon-a")]).await?;
+    let leases: Api<Lease> = Api::namespaced(seed.client.clone(), "canaryd-system");
+    let holder = async || -> Result<Option<String>> {
+        Ok(leases
+            .get_opt("leader-test")
+            .await?
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity))
+    };
+    support::wait_until("daemon-a holds the lease", T, async || {
+        Ok((holder().await?.as_deref() == Some("daemon-a")).then_some(()))
+    })
+    .await?;
+    let b = fixture::start_daemon_with(&seed.ns, &election, &[("POD_NAME", "daemon-b")]).await?;
+    let run = async {
+        let policy = seed.policy_yaml().replace("    - pause: {duration: 2s}\n", "");
+        seed.apply(&policy).await?;
+        seed.wait_policy(POLICY, "WaitingForApproval", T, |p| {
+            phase(p) == Phase::WaitingForApproval
+        })
+        .await?;
+        seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 50), ("v2", 50)], T)
+            .await?;
+        ensure(
+            holder().await?.as_deref() == Some("daemon-a"),
+            "the lease moved while daemon-a was alive",
+        )?;
+        let standby_log = std::fs::read_to_string(b.stderr_log())?;
+        ensure(
+            !standby_log.contains("weights set") && !standby_log.contains("reconcile"),
+            format!("the standby acted:\n{standby_log}"),
+        )?;
+
+        a.kill()?;
+        let took = Instant::now();
+        support::wait_until("daemon-b holds the lease", T, async || {
+            Ok((holder().await?.as_deref() == Some("daemon-b")).then_some(()))
+        })
+        .await?;
+        eprintln!("standby took over {:?} after the leader died", took.elapsed());
+        let admin = support::control_plane().await?.kubeconfig_path().to_path_buf();
+        let (ok, out) = cli(&admin, &["promote", POLICY, "-n", &seed.ns]).await?;
+        ensure(ok && (out.contains("Succeeded") || out.contains("Progressing")), out)?;
+        seed.wait_policy(POLICY, "Succeeded", T, |p| phase(p) == Phase::Succeeded)
+            .await?;
+        seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 0), ("v2", 100)], T)
+            .await?;
+        let standby_log = std::fs::read_to_string(b.stderr_log())?;
+        ensure(standby_log.contains("weights set"), "the new leader did not write")?;
+        Ok(())
+    };
+    run.await.map_err(|e| fixture::fail_with_logs(&b, e))
+}

@@ -3,6 +3,7 @@
 
 mod act;
 mod analysis;
+pub mod leader;
 pub mod observe;
 
 use std::sync::Arc;
