@@ -20,6 +20,8 @@ pub enum Error {
     Scale(#[from] crate::scale::hpa::ScaleError),
     #[error("leader election: {0}")]
     Lease(String),
+    #[error("{0}")]
+    Cache(String),
 }
 
 impl Error {
@@ -36,6 +38,7 @@ impl Error {
             Error::Secret(_) => "secret",
             Error::Scale(e) => e.category(),
             Error::Lease(_) => "lease",
+            Error::Cache(_) => "cache",
         }
     }
 }

@@ -245,12 +245,13 @@ async fn run(listen: SocketAddr, namespace: Option<String>, election: Election) 
         .await?;
         tracing::info!(lease = %election.lease_name, %identity, "leading");
         tokio::select! {
-            () = canaryd::controller::run(client, metrics, namespace.as_deref()) => Ok(()),
+            done = canaryd::controller::run(client, metrics, namespace.as_deref()) => done.map_err(anyhow::Error::from),
             () = leader::lost(leading) => Err(anyhow::anyhow!("lost the lease; exiting so that only one daemon writes")),
         }
     } else {
-        canaryd::controller::run(client, metrics, namespace.as_deref()).await;
-        Ok(())
+        canaryd::controller::run(client, metrics, namespace.as_deref())
+            .await
+            .map_err(anyhow::Error::from)
     };
     server.abort();
     result

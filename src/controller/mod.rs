@@ -3,6 +3,7 @@
 
 mod act;
 mod analysis;
+pub mod cache;
 pub mod leader;
 pub mod observe;
 
@@ -33,13 +34,15 @@ const ERROR_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct Context {
     pub client: Client,
+    pub caches: cache::Caches,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub engine: Arc<Engine>,
 }
 
 /// Run the controller until SIGTERM/SIGINT, over all namespaces or just one.
-pub async fn run(client: Client, metrics: Arc<Metrics>, namespace: Option<&str>) {
+pub async fn run(client: Client, metrics: Arc<Metrics>, namespace: Option<&str>) -> Result<()> {
+    let caches = cache::Caches::start(&client, namespace).await?;
     let (policies, deployments): (Api<RolloutPolicy>, Api<Deployment>) = match namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
@@ -54,6 +57,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, namespace: Option<&str>)
     tokio::spawn(engine.clone().run());
     let ctx = Arc::new(Context {
         client: client.clone(),
+        caches,
         recorder: Recorder::new(client, reporter),
         metrics,
         engine,
@@ -85,6 +89,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, namespace: Option<&str>)
             }
         })
         .await;
+    Ok(())
 }
 
 fn names_deployment(p: &RolloutPolicy, name: &str) -> bool {
@@ -150,7 +155,8 @@ impl RolloutPolicy {
     /// One pass of the pipeline. Idempotent: every step can be repeated after a crash at any point.
     async fn reconcile(&self, ctx: &Context) -> Result<Requeue> {
         let key: Key = (self.namespace().unwrap_or_default(), self.name_any());
-        let seen = observe::observe(&ctx.client, self, ctx.engine.latest(&key)).await?;
+        let fresh = observe::Fresh::read_if_recording(&ctx.client, self).await?;
+        let seen = observe::observe(&ctx.caches, self, ctx.engine.latest(&key), fresh)?;
         let current = self.status.clone().unwrap_or_default();
         let plan = plan(&self.spec, &current, &seen.observed, Timestamp::now());
         act::carry_out(self, ctx, &plan.actions).await?;

@@ -4,15 +4,14 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, ListParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use serde_json::Value;
 
+use super::cache::Caches;
 use crate::analysis::engine::Check;
 use crate::error::Result;
 use crate::gates::commands;
-use crate::mesh::istio::{destination_rules, to_value, virtual_services};
+use crate::mesh::istio::to_value;
 use crate::mesh::preflight::{self, Snapshot, VsSnapshot};
 use crate::mesh::routes::route_weights;
 use crate::plan::{DeploymentState, Observed, Problem, ScaleObserved, VersionScale};
@@ -65,7 +64,44 @@ fn version_label(d: &Deployment) -> Option<(String, String)> {
     Some((d.name_any(), labels.get("version")?.clone()))
 }
 
-pub async fn observe(client: &Client, policy: &RolloutPolicy, analysis: Option<Check>) -> Result<Observation> {
+/// HPAs and Deployments read fresh from the API, for the one reconcile that records the originals:
+/// a cache could still hold bounds canaryd itself set a moment ago.
+pub struct Fresh {
+    pub hpas: Vec<HorizontalPodAutoscaler>,
+    pub deployments: Vec<Deployment>,
+}
+
+impl Fresh {
+    /// Only when a rollout is wanted and no originals are recorded yet.
+    pub async fn read_if_recording(client: &kube::Client, policy: &RolloutPolicy) -> Result<Option<Fresh>> {
+        let status = policy.status.as_ref();
+        let stable = status.and_then(|s| s.stable.as_ref()).unwrap_or(&policy.spec.stable);
+        let wanted = policy.spec.canary.as_ref().is_some_and(|c| c.subset != stable.subset);
+        if !policy.spec.scaling.enabled || !wanted || status.is_some_and(|s| s.scaling.is_some()) {
+            return Ok(None);
+        }
+        let ns = policy.namespace().unwrap_or_default();
+        let lp = kube::api::ListParams::default();
+        let hpas = kube::Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns)
+            .list(&lp)
+            .await?;
+        let deployments = kube::Api::<Deployment>::namespaced(client.clone(), &ns)
+            .list(&lp)
+            .await?;
+        Ok(Some(Fresh {
+            hpas: hpas.items,
+            deployments: deployments.items,
+        }))
+    }
+}
+
+/// Reads from the caches (and `fresh`, when given): observing costs no API call otherwise.
+pub fn observe(
+    caches: &Caches,
+    policy: &RolloutPolicy,
+    analysis: Option<Check>,
+    fresh: Option<Fresh>,
+) -> Result<Observation> {
     let ns = policy.namespace().unwrap_or_default();
     let spec = &policy.spec;
     let stable = policy
@@ -75,48 +111,48 @@ pub async fn observe(client: &Client, policy: &RolloutPolicy, analysis: Option<C
         .unwrap_or_else(|| spec.stable.clone());
     let canary = spec.canary.clone().filter(|c| c.subset != stable.subset);
 
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let service = services.get_opt(&spec.service).await?;
-    let stable_dep = deployments.get_opt(&stable.deployment).await?;
-    let canary_dep = match &canary {
-        Some(c) => deployments.get_opt(&c.deployment).await?,
-        None => None,
+    let service = caches.service(&ns, &spec.service);
+    let deployment = |name: &str| match &fresh {
+        Some(f) => f
+            .deployments
+            .iter()
+            .find(|d| d.name_any() == name)
+            .cloned()
+            .map(std::sync::Arc::new),
+        None => caches.deployment(&ns, name),
     };
-    let dr = destination_rules(client, &ns).get_opt(&spec.destination_rule).await?;
-    let dr = dr.as_ref().map(to_value).transpose()?;
+    let stable_dep = deployment(&stable.deployment);
+    let canary_dep = canary.as_ref().and_then(|c| deployment(&c.deployment));
+    let dr = caches.destination_rule(&ns, &spec.destination_rule);
+    let dr = dr.as_deref().map(to_value).transpose()?;
     let elsewhere = match dr {
         Some(_) => Vec::new(),
-        None => {
-            let all: Api<kube::api::DynamicObject> =
-                Api::all_with(client.clone(), &crate::mesh::istio::destination_rule_resource());
-            let lp = ListParams::default().fields(&format!("metadata.name={}", spec.destination_rule));
-            all.list(&lp)
-                .await?
-                .items
-                .iter()
-                .filter_map(|d| d.namespace())
-                .collect()
-        }
+        None => caches
+            .destination_rules
+            .state()
+            .iter()
+            .filter(|d| d.metadata.name.as_deref() == Some(spec.destination_rule.as_str()))
+            .filter_map(|d| d.namespace())
+            .collect(),
     };
     let mut vss = Vec::new();
     for (vs_ns, name, routes) in vs_refs(policy) {
-        let object = virtual_services(client, &vs_ns).get_opt(&name).await?;
+        let object = caches.virtual_service(&vs_ns, &name);
         vss.push(VsSnapshot {
             namespace: vs_ns,
             name,
             routes,
-            object: object.as_ref().map(to_value).transpose()?,
+            object: object.as_deref().map(to_value).transpose()?,
         });
     }
 
     let snapshot = Snapshot {
         namespace: &ns,
-        service: service.as_ref(),
+        service: service.as_deref(),
         stable: &stable,
-        stable_deployment: stable_dep.as_ref(),
+        stable_deployment: stable_dep.as_deref(),
         canary: canary.as_ref(),
-        canary_deployment: canary_dep.as_ref(),
+        canary_deployment: canary_dep.as_deref(),
         destination_rule: dr.as_ref(),
         destination_rule_elsewhere: elsewhere,
         virtual_services: &vss,
@@ -132,13 +168,23 @@ pub async fn observe(client: &Client, policy: &RolloutPolicy, analysis: Option<C
         Err(e) => (None, Some(e.to_string())),
     };
     let (scaling, scale_problems) = if spec.scaling.enabled {
-        scale_observed(client, policy, &ns, stable_dep.as_ref(), canary_dep.as_ref()).await?
+        let hpas: Vec<HorizontalPodAutoscaler> = match fresh {
+            Some(f) => f.hpas,
+            None => caches
+                .hpas
+                .state()
+                .iter()
+                .filter(|h| h.namespace().as_deref() == Some(ns.as_str()))
+                .map(|h| (**h).clone())
+                .collect(),
+        };
+        scale_observed(&hpas, policy, &ns, stable_dep.as_deref(), canary_dep.as_deref())
     } else {
         (ScaleObserved::default(), Vec::new())
     };
     let mut problems = problems;
     problems.extend(scale_problems);
-    let versions = [stable_dep.as_ref(), canary_dep.as_ref()]
+    let versions = [stable_dep.as_deref(), canary_dep.as_deref()]
         .into_iter()
         .flatten()
         .filter_map(version_label)
@@ -147,7 +193,7 @@ pub async fn observe(client: &Client, policy: &RolloutPolicy, analysis: Option<C
         observed: Observed {
             generation: policy.metadata.generation,
             problems,
-            canary: canary_dep.as_ref().map(deployment_state),
+            canary: canary_dep.as_deref().map(deployment_state),
             routes,
             command,
             command_error,
@@ -175,16 +221,14 @@ fn current_weights(vss: &[VsSnapshot], managed: &[Vec<usize>], fqdn: &str) -> Ve
         .collect()
 }
 
-/// Replicas and HPA of each version: one list of the namespace's HPAs serves both.
-async fn scale_observed(
-    client: &Client,
+/// Replicas and HPA of each version, from the cached HPAs of the namespace.
+fn scale_observed(
+    all: &[HorizontalPodAutoscaler],
     policy: &RolloutPolicy,
     ns: &str,
     stable: Option<&Deployment>,
     canary: Option<&Deployment>,
-) -> Result<(ScaleObserved, Vec<Problem>)> {
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
-    let all = hpas.list(&ListParams::default()).await?.items;
+) -> (ScaleObserved, Vec<Problem>) {
     let scaling = &policy.spec.scaling;
     let named = |deployment: &str| {
         if deployment == policy.spec.stable.deployment {
@@ -232,5 +276,5 @@ async fn scale_observed(
         stable: stable.map(&mut version),
         canary: canary.map(&mut version),
     };
-    Ok((observed, problems))
+    (observed, problems)
 }

@@ -29,10 +29,6 @@ pub fn virtual_services(client: &Client, namespace: &str) -> Api<DynamicObject> 
     Api::namespaced_with(client.clone(), namespace, &virtual_service_resource())
 }
 
-pub fn destination_rules(client: &Client, namespace: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), namespace, &destination_rule_resource())
-}
-
 /// The object as plain JSON, so every field, known or not, survives.
 pub fn to_value(obj: &DynamicObject) -> Result<Value> {
     Ok(serde_json::to_value(obj)?)
