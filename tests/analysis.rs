@@ -306,9 +306,10 @@ async fn fifty_rollouts_share_one_query_per_template_and_window() -> Result<()> 
             queries == 2.0 * ticks,
             format!("{queries} queries in {ticks} ticks: want 2 per tick"),
         )?;
-        // Prometheus' own count: canaryd's queries plus this test's one counter query.
+        // Prometheus' own count, read from its 1 s scrapes: canaryd's queries, plus this test's
+        // counter queries, give or take one tick (2 queries) of scrape timing at each end.
         ensure(
-            (served - queries).abs() <= 2.0,
+            (served - queries).abs() <= 6.0,
             format!("Prometheus served {served} queries, canaryd asked {queries}"),
         )?;
         Ok(())
