@@ -33,26 +33,13 @@ pub struct Caches {
     dr_resource: ApiResource,
 }
 
+/// Keep a reflector store of `api` filled for the daemon's lifetime.
 fn spawn<K>(api: Api<K>, dyntype: K::DynamicType) -> Store<K>
 where
     K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone + Default + Send + Sync,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
     let writer = Writer::new(dyntype);
-    let reader = writer.as_reader();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default().any_semantic()))
-        .default_backoff()
-        .touched_objects();
-    tokio::spawn(stream.for_each(|event| async move {
-        if let Err(e) = event {
-            tracing::warn!(error = %e, "cache watch error; retrying");
-        }
-    }));
-    reader
-}
-
-fn spawn_dynamic(api: Api<DynamicObject>, resource: ApiResource) -> Store<DynamicObject> {
-    let writer = Writer::new(resource);
     let reader = writer.as_reader();
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default().any_semantic()))
         .default_backoff()
@@ -83,8 +70,8 @@ impl Caches {
             services: spawn(api::<Service>(client, namespace), ()),
             deployments: spawn(api::<Deployment>(client, namespace), ()),
             hpas: spawn(api::<HorizontalPodAutoscaler>(client, namespace), ()),
-            virtual_services: spawn_dynamic(Api::all_with(client.clone(), &vs_resource), vs_resource.clone()),
-            destination_rules: spawn_dynamic(Api::all_with(client.clone(), &dr_resource), dr_resource.clone()),
+            virtual_services: spawn(Api::all_with(client.clone(), &vs_resource), vs_resource.clone()),
+            destination_rules: spawn(Api::all_with(client.clone(), &dr_resource), dr_resource.clone()),
             vs_resource,
             dr_resource,
         };

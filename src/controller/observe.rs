@@ -27,12 +27,11 @@ pub fn template_hash(d: &Deployment) -> String {
 }
 
 pub fn deployment_state(d: &Deployment) -> DeploymentState {
-    let generation = d.metadata.generation.unwrap_or(0);
-    let status = d.status.as_ref();
+    let replicas = hpa::replica_state(d);
     DeploymentState {
         template_hash: template_hash(d),
-        generation_observed: status.and_then(|s| s.observed_generation).unwrap_or(0) >= generation,
-        ready_replicas: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+        generation_observed: replicas.generation_observed,
+        ready_replicas: replicas.ready_replicas,
     }
 }
 
@@ -76,7 +75,10 @@ impl Fresh {
     pub async fn read_if_recording(client: &kube::Client, policy: &RolloutPolicy) -> Result<Option<Fresh>> {
         let status = policy.status.as_ref();
         let stable = status.and_then(|s| s.stable.as_ref()).unwrap_or(&policy.spec.stable);
-        let wanted = policy.spec.canary.as_ref().is_some_and(|c| c.subset != stable.subset);
+        let halted = status
+            .and_then(|s| s.canary.as_ref())
+            .is_some_and(|c| c.halted.is_some());
+        let wanted = !halted && policy.spec.canary.as_ref().is_some_and(|c| c.subset != stable.subset);
         if !policy.spec.scaling.enabled || !wanted || status.is_some_and(|s| s.scaling.is_some()) {
             return Ok(None);
         }

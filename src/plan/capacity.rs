@@ -41,7 +41,7 @@ impl Planner<'_> {
         if !self.spec.scaling.enabled || self.st.scaling.is_some() {
             return false;
         }
-        if self.had_scaling() {
+        if self.input_scaling {
             // Just restored for a previous canary: record once those writes are done.
             self.requeue = Some(Duration::ZERO);
             return true;

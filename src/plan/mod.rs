@@ -173,14 +173,8 @@ struct Planner<'a> {
     st: RolloutPolicyStatus,
     actions: Vec<Action>,
     requeue: Option<Duration>,
-    input_scaling: bool,
-}
-
-impl Planner<'_> {
     /// Scaling was recorded in the status this reconcile started from.
-    fn had_scaling(&self) -> bool {
-        self.input_scaling
-    }
+    input_scaling: bool,
 }
 
 impl Planner<'_> {
