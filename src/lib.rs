@@ -6,6 +6,7 @@ pub mod analysis;
 pub mod cli;
 pub mod controller;
 pub mod error;
+pub mod failpoint;
 pub mod gates;
 pub mod hash;
 pub mod http;

@@ -257,6 +257,7 @@ impl Engine {
                     })
                     .inc();
             }
+            crate::failpoint!("before-verdict", crate::failpoint::verdict(&results));
             if let Some(entry) = self.entries().get_mut(&key) {
                 entry.in_flight = false;
                 entry.next_due = next_on_grid(now, entry.request.analysis.interval);
@@ -265,6 +266,10 @@ impl Engine {
                     entry.latest = Some(Check { at: finished, results });
                 }
             }
+            crate::failpoint!(
+                "after-verdict",
+                crate::failpoint::verdict(&self.latest(&key).map(|c| c.results).unwrap_or_default())
+            );
             // The controller is gone only at shutdown.
             let _ = self.wake.unbounded_send(key);
         }

@@ -24,6 +24,7 @@ pub async fn carry_out(policy: &RolloutPolicy, ctx: &Context, actions: &[Action]
                 canary_weight,
             } => {
                 for (vs_ns, name, routes) in vs_refs(policy) {
+                    crate::failpoint!("before-weights", canary_weight);
                     let outcome = set_weights(
                         &ctx.client,
                         &vs_ns,
@@ -35,6 +36,7 @@ pub async fn carry_out(policy: &RolloutPolicy, ctx: &Context, actions: &[Action]
                         *canary_weight,
                     )
                     .await?;
+                    crate::failpoint!("after-weights", canary_weight);
                     if outcome == WriteOutcome::Written {
                         info!(vs = %format!("{vs_ns}/{name}"), stable = %stable, canary = ?canary, canary_weight, "weights set");
                         ctx.metrics.weight_changes.inc();
@@ -42,16 +44,26 @@ pub async fn carry_out(policy: &RolloutPolicy, ctx: &Context, actions: &[Action]
                 }
             }
             Action::SetHpaBounds { hpa, bounds } => {
+                crate::failpoint!(
+                    "before-hpa-bounds",
+                    format!("{hpa}/{}", bounds.min_replicas.unwrap_or(1))
+                );
                 if crate::scale::hpa::set_bounds(&ctx.client, &ns, hpa, *bounds).await? == WriteOutcome::Written {
                     info!(hpa = %hpa, min = ?bounds.min_replicas, max = bounds.max_replicas, "HPA bounds set");
                 }
+                crate::failpoint!(
+                    "after-hpa-bounds",
+                    format!("{hpa}/{}", bounds.min_replicas.unwrap_or(1))
+                );
             }
             Action::SetReplicas { deployment, replicas } => {
+                crate::failpoint!("before-replicas", format!("{deployment}/{replicas}"));
                 if crate::scale::hpa::set_replicas(&ctx.client, &ns, deployment, *replicas).await?
                     == WriteOutcome::Written
                 {
                     info!(deployment = %deployment, replicas, "replicas set");
                 }
+                crate::failpoint!("after-replicas", format!("{deployment}/{replicas}"));
             }
             Action::Event { type_, reason, message } => {
                 let event = Event {
@@ -65,9 +77,11 @@ pub async fn carry_out(policy: &RolloutPolicy, ctx: &Context, actions: &[Action]
                     secondary: None,
                 };
                 info!(reason = %reason, "{message}");
+                crate::failpoint!("before-event", reason);
                 if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
                     warn!(error = %e, reason = %reason, "could not publish event");
                 }
+                crate::failpoint!("after-event", reason);
             }
         }
     }
@@ -82,11 +96,21 @@ pub async fn write_status(policy: &RolloutPolicy, ctx: &Context, status: &Rollou
     let mut updated = policy.clone();
     updated.metadata.managed_fields = None;
     updated.status = Some(status.clone());
+    crate::failpoint!(
+        "before-status",
+        format!("{}/{}", status.phase.as_str(), status.canary_weight)
+    );
     match api
         .replace_status(&policy.name_any(), &PostParams::default(), &updated)
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            crate::failpoint!(
+                "after-status",
+                format!("{}/{}", status.phase.as_str(), status.canary_weight)
+            );
+            Ok(())
+        }
         Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict(policy.name_any())),
         Err(e) => Err(e.into()),
     }

@@ -143,12 +143,14 @@ fn error_policy(policy: Arc<RolloutPolicy>, error: &Error, _ctx: Arc<Context>) -
 impl RolloutPolicy {
     /// The policy is being deleted: undo what it changed, then let it go.
     async fn cleanup(&self, ctx: &Context) -> Result<Requeue> {
+        crate::failpoint!("before-cleanup");
         let status = self.status.clone().unwrap_or_default();
         let actions = crate::plan::cleanup(&self.spec, &status, Timestamp::now());
         act::carry_out(self, ctx, &actions).await?;
         ctx.engine
             .want((self.namespace().unwrap_or_default(), self.name_any()), None);
         tracing::info!("policy deleted: traffic and scaling restored");
+        crate::failpoint!("after-cleanup");
         Ok(Requeue::await_change())
     }
 
