@@ -329,7 +329,10 @@ impl Planner<'_> {
                 return self.invalid(&all);
             }
         }
-        let Some(identity) = self.st.canary.clone() else { return };
+        let Some(mut identity) = self.st.canary.clone() else {
+            return;
+        };
+        identity.halted = None; // what `retry` starts again
         self.apply_command(stable, &identity, Some(&message));
         if self.halted_now {
             return;

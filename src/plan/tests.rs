@@ -1235,6 +1235,16 @@ mod trust {
         let p = sim.step();
         assert_eq!(weight_actions(&p), vec![set("v1", "v2", 0)]);
         assert_eq!(sim.status.phase, Phase::Aborted);
+        // `retry` while the problem lasts starts over, held at 0 % until it is fixed.
+        sim.obs.routes = routes(&[("v1", 100), ("v2", 0)]);
+        sim.obs.command = cmd("r", CommandKind::Retry);
+        let p = sim.settle();
+        assert!(!gives_canary_traffic(&p), "{:?}", p.actions);
+        assert_eq!(sim.status.canary.as_ref().and_then(|c| c.halted), None);
+        assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::Invalid, 0));
+        sim.obs.problems.clear();
+        sim.settle();
+        assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::WaitingForApproval, 50));
     }
 
     /// The weight is found in place (written before a crash or a lost status write): the canary is
