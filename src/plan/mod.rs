@@ -437,8 +437,17 @@ impl Planner<'_> {
             .find(|c| c.type_ == "Progressing")
             .map(|c| (c.reason.clone(), c.message.clone()))
             .unwrap_or_else(|| (halted.as_str().into(), String::new()));
+        let canary_gone = self.obs.canary.is_none();
+        if canary_gone && let Some(sc) = self.st.scaling.as_mut() {
+            // No Deployment left to give its replicas back to (its HPA, if any, is still restored).
+            sc.canary = sc.canary.take().filter(|c| c.hpa.is_some());
+        }
         self.restore_scaling();
-        if halted == Phase::RolledBack && self.spec.scaling.enabled && self.spec.scaling.scale_down_canary_on_rollback {
+        if halted == Phase::RolledBack
+            && !canary_gone
+            && self.spec.scaling.enabled
+            && self.spec.scaling.scale_down_canary_on_rollback
+        {
             self.actions.push(Action::SetReplicas {
                 deployment: canary.deployment.clone(),
                 replicas: 0,

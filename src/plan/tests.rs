@@ -955,6 +955,34 @@ mod scaling {
         assert_eq!(sim.status.phase, Phase::Succeeded);
     }
 
+    /// A deleted canary Deployment is rolled back without writes to it (they would fail with 404).
+    #[test]
+    fn a_deleted_canary_is_rolled_back_without_touching_its_replicas() {
+        let mut sim = sim();
+        sim.obs.scaling.canary = Some(version("app-v2", None, 1, 1));
+        while sim.canary_weight() < 50 {
+            let p = sim.step();
+            apply(&mut sim, &p, 10);
+        }
+        sim.obs.canary = None;
+        sim.obs.scaling.canary = None;
+        sim.obs.canary_problems = vec![Problem {
+            reason: "DeploymentNotFound".into(),
+            message: "canary Deployment app-v2 not found".into(),
+        }];
+        let mut actions = Vec::new();
+        for _ in 0..3 {
+            actions.extend(sim.step().actions);
+        }
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::SetReplicas { deployment, .. } if deployment == "app-v2")),
+            "{actions:?}"
+        );
+        assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::RolledBack, 0));
+    }
+
     /// `promote --full` skips the approval but not the capacity: 100 % only with 4 Ready replicas.
     #[test]
     fn promote_full_waits_for_the_capacity_of_one_hundred_percent() {
