@@ -114,7 +114,8 @@ async fn a_canary_that_cannot_serve_loses_its_traffic() -> Result<()> {
                 ensure(!dr.contains("name: v2"), format!("edit failed: {dr}"))?;
                 seed.apply(&dr).await?;
             }
-            seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 100), ("v2", 0)], T)
+            // A DestinationRule edit does not wake the policy: it is seen within a resync (30 s).
+            seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 100), ("v2", 0)], Duration::from_secs(45))
                 .await?;
             let p = seed
                 .wait_policy(POLICY, "RolledBack", T, |p| phase(p) == Phase::RolledBack)
