@@ -11,6 +11,7 @@ use futures::channel::mpsc::UnboundedSender;
 use futures::future::join_all;
 use jiff::Timestamp;
 
+pub use super::check::Check;
 use super::judge::{self, Sample};
 use super::prometheus::{Credentials, PromClient, PromError};
 use super::templates::{self, Template, Vars};
@@ -34,13 +35,6 @@ pub struct Request {
     pub ca_pem: Option<Vec<u8>>,
 }
 
-/// The results of one check of all of a policy's metrics.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Check {
-    pub at: Timestamp,
-    pub results: Vec<MetricResult>,
-}
-
 struct Entry {
     request: Request,
     fingerprint: String,
@@ -58,10 +52,28 @@ pub struct Engine {
 
 /// The query window of a metric: its own, else the interval, and at least 1m so rate() has samples.
 pub fn window(analysis: &Analysis, metric: &MetricCheck) -> String {
-    let d = metric
+    templates::format_window(window_duration(analysis, metric))
+}
+
+fn window_duration(analysis: &Analysis, metric: &MetricCheck) -> Duration {
+    metric
         .window
-        .unwrap_or_else(|| analysis.interval.max(Duration::from_secs(60)));
-    templates::format_window(d)
+        .unwrap_or_else(|| analysis.interval.max(Duration::from_secs(60)))
+}
+
+/// The earliest instant a check asked at `asked` looks at: its widest window back from then.
+/// Prometheus evaluates at or after `asked`, so the true start is never earlier than this.
+pub fn window_start(analysis: &Analysis, asked: Timestamp) -> Timestamp {
+    let widest = analysis
+        .metrics
+        .iter()
+        .map(|m| window_duration(analysis, m))
+        .max()
+        .unwrap_or_default();
+    jiff::SignedDuration::try_from(widest)
+        .ok()
+        .and_then(|d| asked.checked_sub(d).ok())
+        .unwrap_or(Timestamp::MIN)
 }
 
 /// The next due time on the interval's grid: every policy with the same interval is due at the same
@@ -263,7 +275,11 @@ impl Engine {
                 entry.next_due = next_on_grid(now, entry.request.analysis.interval);
                 // A request replaced while we were asking keeps its fresh state.
                 if entry.fingerprint_matches(&req) {
-                    entry.latest = Some(Check { at: finished, results });
+                    entry.latest = Some(Check {
+                        at: finished,
+                        window_start: window_start(&req.analysis, now),
+                        results,
+                    });
                 }
             }
             crate::failpoint!(

@@ -8,12 +8,12 @@ use kube::ResourceExt;
 use serde_json::Value;
 
 use super::cache::Caches;
-use crate::analysis::engine::Check;
+use crate::analysis::check::Check;
 use crate::error::Result;
 use crate::gates::commands;
 use crate::mesh::istio::to_value;
 use crate::mesh::preflight::{self, Snapshot, VsSnapshot};
-use crate::mesh::routes::route_weights;
+use crate::mesh::routes::{managed_routes, route_weights};
 use crate::plan::{DeploymentState, Observed, Problem, ScaleObserved, VersionScale};
 use crate::policy::types::RolloutPolicy;
 use crate::scale::hpa;
@@ -148,6 +148,17 @@ pub fn observe(
         });
     }
 
+    let without_canary = Snapshot {
+        namespace: &ns,
+        service: service.as_deref(),
+        stable: &stable,
+        stable_deployment: stable_dep.as_deref(),
+        canary: None,
+        canary_deployment: None,
+        destination_rule: dr.as_ref(),
+        destination_rule_elsewhere: elsewhere.clone(),
+        virtual_services: &vss,
+    };
     let snapshot = Snapshot {
         namespace: &ns,
         service: service.as_deref(),
@@ -160,10 +171,17 @@ pub fn observe(
         virtual_services: &vss,
     };
     let fqdn = spec.service_fqdn(&ns);
-    let (problems, routes) = match preflight::check(spec, &snapshot) {
-        Ok(managed) => (Vec::new(), current_weights(&vss, &managed, &fqdn)),
-        Err(problems) => (problems, Vec::new()),
+    // The problems that only the canary causes say it cannot serve (see `Observed::canary_problems`);
+    // the routes are read whenever they can be, so a rollout in trouble still knows its weights.
+    let (problems, canary_problems) = match preflight::check(spec, &snapshot) {
+        Ok(_) => (Vec::new(), Vec::new()),
+        Err(all) => {
+            let rest = preflight::check(spec, &without_canary).err().unwrap_or_default();
+            let canary_only = all.into_iter().filter(|p| !rest.contains(p)).collect();
+            (rest, canary_only)
+        }
     };
+    let routes = readable_weights(&vss, &fqdn);
     let annotations = policy.annotations();
     let (command, command_error) = match commands::from_annotations(annotations) {
         Ok(c) => (c, None),
@@ -195,7 +213,9 @@ pub fn observe(
         observed: Observed {
             generation: policy.metadata.generation,
             problems,
+            canary_problems,
             canary: canary_dep.as_deref().map(deployment_state),
+            stable: stable_dep.as_deref().map(deployment_state),
             routes,
             command,
             command_error,
@@ -204,6 +224,19 @@ pub fn observe(
         },
         versions,
     })
+}
+
+/// The weights of every managed route, or none when a VirtualService or its routes cannot be read.
+fn readable_weights(vss: &[VsSnapshot], fqdn: &str) -> Vec<BTreeMap<String, u8>> {
+    let managed: Option<Vec<Vec<usize>>> = vss
+        .iter()
+        .map(|vs| {
+            let id = format!("{}/{}", vs.namespace, vs.name);
+            let object = vs.object.as_ref()?;
+            managed_routes(object, &id, &vs.namespace, fqdn, vs.routes.as_deref()).ok()
+        })
+        .collect();
+    managed.map(|m| current_weights(vss, &m, fqdn)).unwrap_or_default()
 }
 
 fn current_weights(vss: &[VsSnapshot], managed: &[Vec<usize>], fqdn: &str) -> Vec<BTreeMap<String, u8>> {

@@ -14,7 +14,14 @@ impl Planner<'_> {
             self.st.analysis = None;
             return;
         }
+        let weight = self.st.canary_weight;
+        let now = self.now;
         let a = self.st.analysis.get_or_insert_with(AnalysisStatus::default);
+        if a.since.is_none() && weight > 0 {
+            // Analysis added while the canary has traffic: judge it from now, at this weight too.
+            a.since = Some(now);
+            a.weight_set_at = Some(now);
+        }
         let Some(check) = &self.obs.analysis else { return };
         let fresh = a.since.is_some_and(|s| check.at >= s) && a.last_check.is_none_or(|l| check.at > l);
         if !fresh {
@@ -47,16 +54,14 @@ impl Planner<'_> {
                 .join("; ")
         };
         if a.failures >= spec.failure_limit {
-            self.send_all_to_stable(stable);
             self.halt(
                 Phase::RolledBack,
                 "AnalysisFailed",
                 format!(
-                    "{} ({} failed check(s) in a row, failureLimit {}); all traffic on stable {}",
+                    "{} ({} failed check(s) in a row, failureLimit {})",
                     detail(Verdict::Fail),
                     a.failures,
-                    spec.failure_limit,
-                    stable.subset
+                    spec.failure_limit
                 ),
             );
             return true;
@@ -69,12 +74,7 @@ impl Planner<'_> {
                 detail(Verdict::Error)
             );
             if spec.on_provider_error.action == ProviderErrorAction::Rollback {
-                self.send_all_to_stable(stable);
-                self.halt(
-                    Phase::RolledBack,
-                    "ProviderErrors",
-                    format!("{message}; all traffic on stable"),
-                );
+                self.halt(Phase::RolledBack, "ProviderErrors", message);
             } else {
                 self.ensure_current_weights(stable, canary);
                 self.st.pending_approval = None;
@@ -105,19 +105,21 @@ impl Planner<'_> {
         false
     }
 
-    /// With analysis configured, more traffic (or promotion) needs a passing check taken after the
-    /// current weight was set. True when it must wait.
+    /// With analysis configured, more traffic (or promotion) needs a passing check whose whole window
+    /// (every metric's) starts after the current weight was set: a check that ended after the weight
+    /// changed but looked back before it mostly saw the previous weight. True when it must wait.
     pub(super) fn waits_for_analysis(&mut self, canary: &VersionRef, next: u8) -> bool {
         let Some(a) = self.st.analysis.as_ref() else {
             return false;
         };
-        let passed =
-            a.verdict == Some(Verdict::Pass) && a.last_check.is_some_and(|c| a.weight_set_at.is_none_or(|w| c > w));
-        if passed {
+        // The newest check is the one folded into the verdict (each check is folded once, in order).
+        let folded = self.obs.analysis.as_ref().filter(|c| a.last_check == Some(c.at));
+        let whole_window = folded.is_some_and(|c| a.weight_set_at.is_none_or(|w| c.window_start > w));
+        if a.verdict == Some(Verdict::Pass) && whole_window {
             return false;
         }
         let why = match a.verdict {
-            Some(Verdict::Pass) | None => "no check yet at this weight".to_string(),
+            Some(Verdict::Pass) | None => "no check yet whose whole window is at this weight".to_string(),
             Some(v) => format!("last check {}", v.as_str()),
         };
         self.st.pending_approval = None;

@@ -6,8 +6,16 @@ use crate::gates::commands::CommandKind;
 use crate::policy::types::{CanaryStatus, Phase, VersionRef};
 
 impl Planner<'_> {
-    /// Act on a new command; returns a promotion to carry out in the step walk, `(full, by)`.
-    pub(super) fn apply_command(&mut self, stable: &VersionRef, identity: &CanaryStatus) -> Option<(bool, String)> {
+    /// Act on a new command; returns a promotion to carry out in the step walk, `(full, by)`. While
+    /// `held` (a problem holds the rollout) a promotion is refused with that reason; abort, pause,
+    /// resume and retry work as ever. An abort is recorded with its command id and moves no traffic
+    /// in this reconcile (see `halt`).
+    pub(super) fn apply_command(
+        &mut self,
+        stable: &VersionRef,
+        identity: &CanaryStatus,
+        held: Option<&str>,
+    ) -> Option<(bool, String)> {
         let mut promote = None;
         if let Some(cmd) = self.new_command() {
             self.st.last_command_id = Some(cmd.id.clone());
@@ -15,13 +23,16 @@ impl Planner<'_> {
             match cmd.kind {
                 CommandKind::Abort => {
                     if self.halted().is_none() {
-                        self.send_all_to_stable(stable);
-                        self.halt(
-                            Phase::Aborted,
-                            "Aborted",
-                            format!("rollout aborted{by}; all traffic on stable"),
-                        );
+                        self.halt(Phase::Aborted, "Aborted", format!("rollout aborted{by}"));
                     }
+                }
+                CommandKind::Promote | CommandKind::PromoteFull if held.is_some() => {
+                    let why = held.unwrap_or_default();
+                    self.event(
+                        EventType::Warning,
+                        "CommandIgnored",
+                        format!("{}{by}: the rollout is held: {why}", cmd.kind.as_str()),
+                    );
                 }
                 CommandKind::Retry => {
                     if self.halted().is_some() {

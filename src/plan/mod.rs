@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::analysis::engine::Check;
+use crate::analysis::check::Check;
 use crate::gates::commands::Command;
 use crate::policy::types::{
     AnalysisStatus, CanaryStatus, Condition, Phase, RolloutPolicySpec, RolloutPolicyStatus, Transition, VersionRef,
@@ -25,6 +25,8 @@ mod tests;
 pub const HISTORY_LIMIT: usize = 20;
 /// How often to look again while waiting for the canary to become Ready.
 pub const READY_POLL: Duration = Duration::from_secs(2);
+/// How often to look again while a problem holds the rollout: not every object preflight reads is watched.
+pub const INVALID_POLL: Duration = Duration::from_secs(10);
 
 /// A problem found before any traffic moves (preflight), with a condition reason and a message that
 /// says what to fix.
@@ -48,19 +50,31 @@ impl DeploymentState {
     pub fn is_ready(&self) -> bool {
         self.generation_observed && self.ready_replicas >= 1
     }
+
+    /// It has pods that can take traffic now (whatever generation they run).
+    pub fn serves(&self) -> bool {
+        self.ready_replicas >= 1
+    }
 }
 
 /// What the world looks like now, as gathered by the controller.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     pub generation: Option<i64>,
-    /// Preflight problems; any of them stops the rollout where it is (no traffic change).
+    /// Preflight problems other than `canary_problems`: they stop a rollout before it starts and hold
+    /// one in progress at its weights (abort, analysis rollback and the progress deadline still work).
     pub problems: Vec<Problem>,
+    /// Preflight problems that say the canary cannot serve (its Deployment missing, its subset gone or
+    /// selecting none of its pods): a canary with traffic loses it.
+    pub canary_problems: Vec<Problem>,
     /// The Deployment named by `spec.canary`, if it exists.
     pub canary: Option<DeploymentState>,
+    /// The stable Deployment, if it exists: no traffic moves toward it while it has no Ready pods.
+    pub stable: Option<DeploymentState>,
     /// Replicas and HPAs of both versions (empty when scaling is off).
     pub scaling: ScaleObserved,
-    /// Weights by subset, one map per managed route (a destination that is absent weighs 0).
+    /// Weights by subset, one map per managed route (a destination that is absent weighs 0). Empty when
+    /// they could not be read: weights are then unknown, never "as wanted".
     pub routes: Vec<BTreeMap<String, u8>>,
     /// The command in the annotations, if any (handled once per id).
     pub command: Option<Command>,
@@ -71,20 +85,22 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// True when every managed route sends `canary_weight` to `canary` and the rest to `stable`.
+    /// True when every managed route sends `canary_weight` to `canary` and the rest to `stable`; false
+    /// when the routes are unknown.
     fn weights_are(&self, stable: &str, canary: Option<&str>, canary_weight: u8) -> bool {
-        self.routes.iter().all(|route| {
-            route.iter().all(|(subset, &w)| {
-                if Some(subset.as_str()) == canary {
-                    w == canary_weight
-                } else if subset == stable {
-                    w == 100 - canary_weight
-                } else {
-                    w == 0
-                }
-            }) && route.contains_key(stable)
-                && (canary_weight == 0 || canary.is_some_and(|c| route.contains_key(c)))
-        })
+        !self.routes.is_empty()
+            && self.routes.iter().all(|route| {
+                route.iter().all(|(subset, &w)| {
+                    if Some(subset.as_str()) == canary {
+                        w == canary_weight
+                    } else if subset == stable {
+                        w == 100 - canary_weight
+                    } else {
+                        w == 0
+                    }
+                }) && route.contains_key(stable)
+                    && (canary_weight == 0 || canary.is_some_and(|c| route.contains_key(c)))
+            })
     }
 }
 
@@ -136,6 +152,7 @@ pub fn plan(spec: &RolloutPolicySpec, current: &RolloutPolicyStatus, obs: &Obser
         actions: Vec::new(),
         requeue: None,
         input_scaling: current.scaling.is_some(),
+        halted_now: false,
     };
     p.run();
     Plan {
@@ -157,9 +174,11 @@ pub fn cleanup(spec: &RolloutPolicySpec, current: &RolloutPolicyStatus, now: Tim
         actions: Vec::new(),
         requeue: None,
         input_scaling: current.scaling.is_some(),
+        halted_now: false,
     };
     let stable = current.stable.clone().unwrap_or_else(|| spec.stable.clone());
-    if current.canary.as_ref().is_some_and(|c| c.halted.is_none()) {
+    // A rollback recorded as RollingBack may not have moved the weights yet.
+    if current.canary.as_ref().is_some_and(|c| c.halted.is_none()) || current.phase == Phase::RollingBack {
         p.send_all_to_stable(&stable);
     }
     p.cleanup_scaling();
@@ -175,17 +194,82 @@ struct Planner<'a> {
     requeue: Option<Duration>,
     /// Scaling was recorded in the status this reconcile started from.
     input_scaling: bool,
+    /// A rollback or abort was decided in this reconcile: it ends with the record, no traffic moves.
+    halted_now: bool,
 }
+
+/// Whether the step walk goes on in this reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Reasons whose Events are Warnings whatever the phase.
+const WARNING_REASONS: [&str; 2] = ["StableNotReady", "CanaryUnavailable"];
 
 impl Planner<'_> {
     fn run(&mut self) {
         self.st.observed_generation = self.obs.generation;
         let stable = self.st.stable.clone().unwrap_or_else(|| self.spec.stable.clone());
         self.st.stable = Some(stable.clone());
-
         if let Some(err) = &self.obs.command_error {
             self.event(EventType::Warning, "InvalidCommand", err.clone());
         }
+
+        let desired = self.spec.canary.clone().filter(|c| c.subset != stable.subset);
+        let (problems, canary_problems) = self.problems(desired.as_ref());
+        if !problems.is_empty() || !canary_problems.is_empty() {
+            return match desired.filter(|d| self.is_ongoing(d)) {
+                Some(canary) => self.troubled(&stable, &canary, &problems, &canary_problems),
+                None => self.invalid(&[problems, canary_problems].concat()),
+            };
+        }
+        self.set_condition("Ready", true, "PreflightPassed", "all preflight checks pass");
+
+        let Some(desired) = desired else {
+            return self.steady(&stable);
+        };
+        let Some(dep) = self.obs.canary.clone() else {
+            return; // `problems` reports a missing canary Deployment
+        };
+        let identity = identity(&desired, &dep);
+        let restarted = !self.is_current(&identity);
+        if restarted {
+            let previous = self.st.canary.clone();
+            self.start(&stable, identity.clone(), previous);
+        }
+
+        let promote = self.apply_command(&stable, &identity, None);
+        if self.halted_now {
+            return;
+        }
+        if let Some(halted) = self.halted() {
+            return self.keep_halted(&stable, &desired, halted);
+        }
+        if !restarted && self.canary_has_traffic() && !dep.serves() {
+            return self.halt(
+                Phase::RolledBack,
+                "CanaryUnavailable",
+                format!(
+                    "canary Deployment {} has no Ready pods while it has {}% of the traffic",
+                    desired.deployment,
+                    self.observed_canary_weight().max(self.st.canary_weight)
+                ),
+            );
+        }
+        self.fold_check();
+        if self.judge_analysis(&stable, &desired) {
+            return;
+        }
+        if self.st.paused && promote.is_none() {
+            return self.hold_paused(&stable, &desired);
+        }
+        self.walk(&stable, &desired, &dep, promote);
+    }
+
+    /// Spec errors and preflight problems, split into (the rest, those saying the canary cannot serve).
+    fn problems(&self, desired: Option<&VersionRef>) -> (Vec<Problem>, Vec<Problem>) {
         let mut problems: Vec<Problem> = validate_spec(self.spec)
             .into_iter()
             .map(|e| Problem {
@@ -194,68 +278,186 @@ impl Planner<'_> {
             })
             .collect();
         problems.extend(self.obs.problems.iter().cloned());
-        if !problems.is_empty() {
-            return self.invalid(&problems);
-        }
-        self.set_condition("Ready", true, "PreflightPassed", "all preflight checks pass");
-
-        let desired = self.spec.canary.clone().filter(|c| c.subset != stable.subset);
-        let Some(desired) = desired else {
-            return self.steady(&stable);
-        };
-        let Some(dep) = self.obs.canary.clone() else {
-            // Preflight reports a missing Deployment; this only guards against an incomplete observation.
-            return self.invalid(&[Problem {
+        let mut canary = self.obs.canary_problems.clone();
+        if let Some(d) = desired
+            && self.obs.canary.is_none()
+            && canary.is_empty()
+        {
+            // Preflight names a missing Deployment; this guards against an incomplete observation.
+            canary.push(Problem {
                 reason: "CanaryDeploymentNotFound".into(),
-                message: format!("Deployment {} not found", desired.deployment),
-            }]);
-        };
+                message: format!("canary Deployment {} not found", d.deployment),
+            });
+        }
+        (problems, canary)
+    }
 
-        let identity = CanaryStatus {
-            subset: desired.subset.clone(),
-            deployment: desired.deployment.clone(),
-            template_hash: dep.template_hash.clone(),
-            halted: None,
-        };
-        let same = self.st.canary.as_ref().is_some_and(|c| {
+    /// The canary in status is the one the spec names (its template may have changed since).
+    fn is_ongoing(&self, desired: &VersionRef) -> bool {
+        self.st
+            .canary
+            .as_ref()
+            .is_some_and(|c| c.subset == desired.subset && c.deployment == desired.deployment)
+    }
+
+    fn is_current(&self, identity: &CanaryStatus) -> bool {
+        self.st.canary.as_ref().is_some_and(|c| {
             c.subset == identity.subset
                 && c.deployment == identity.deployment
                 && c.template_hash == identity.template_hash
-        });
-        if !same {
-            let previous = self.st.canary.clone();
-            self.start(&stable, identity.clone(), previous);
-        }
+        })
+    }
 
-        let promote = self.apply_command(&stable, &identity);
-
-        if let Some(halted) = self.halted() {
-            // Keep all traffic on stable while the canary stays halted.
-            if !self.obs.weights_are(&stable.subset, Some(&desired.subset), 0) {
-                self.send_all_to_stable(&stable);
+    /// A rollout in progress meets a problem. Abort, analysis rollback and the progress deadline still
+    /// work; a canary that cannot serve loses its traffic; anything else holds the weights where they are.
+    fn troubled(
+        &mut self,
+        stable: &VersionRef,
+        canary: &VersionRef,
+        problems: &[Problem],
+        canary_problems: &[Problem],
+    ) {
+        let all = [canary_problems, problems].concat();
+        let (reason, message) = summary(&all);
+        self.set_condition("Ready", false, &reason, &message);
+        if let Some(dep) = self.obs.canary.clone() {
+            let identity = identity(canary, &dep);
+            if !self.is_current(&identity) {
+                // A new pod template is a new canary: its predecessor's traffic goes back first.
+                let previous = self.st.canary.clone();
+                self.start(stable, identity, previous);
+                return self.invalid(&all);
             }
-            self.st.phase = halted;
-            self.clear_progressing();
+        }
+        let Some(mut identity) = self.st.canary.clone() else {
             return;
+        };
+        identity.halted = None; // what `retry` starts again
+        self.apply_command(stable, &identity, Some(&message));
+        if self.halted_now {
+            return;
+        }
+        if let Some(halted) = self.halted() {
+            return self.keep_halted(stable, canary, halted);
+        }
+        if !canary_problems.is_empty() && self.canary_has_traffic() {
+            let (_, why) = summary(canary_problems);
+            return self.halt(
+                Phase::RolledBack,
+                "CanaryUnavailable",
+                format!("canary {} cannot serve: {why}", canary.subset),
+            );
         }
         self.fold_check();
-        if self.judge_analysis(&stable, &desired) {
+        if self.judge_analysis(stable, canary) {
             return;
         }
-        if self.st.paused && promote.is_none() {
-            self.ensure_current_weights(&stable, &desired);
-            self.st.pending_approval = None;
-            // A pause for too many inconclusive checks keeps saying why.
-            if self.st.history.last().is_none_or(|t| t.reason != "Inconclusive") {
-                self.transition(
-                    Phase::Paused,
-                    "Paused",
-                    "paused by command; `canaryd resume` to go on".into(),
-                );
-            }
+        // Stuck since the later of the step's start and the problem's appearance.
+        let ready_false_since = self
+            .st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.last_transition_time)
+            .unwrap_or(self.now);
+        let since = self
+            .st
+            .step_started_at
+            .map_or(ready_false_since, |s| s.max(ready_false_since));
+        let stuck = duration_between(since, self.now);
+        if stuck >= self.spec.progress_deadline {
+            return self.halt(
+                Phase::RolledBack,
+                "ProgressDeadlineExceeded",
+                format!(
+                    "rollout held by a problem for {} (progressDeadline {}): {message}",
+                    humantime::format_duration(stuck),
+                    humantime::format_duration(self.spec.progress_deadline)
+                ),
+            );
+        }
+        self.st.pending_approval = None;
+        self.transition(
+            Phase::Invalid,
+            &reason,
+            format!(
+                "{message}; holding canary {} at {}%",
+                canary.subset, self.st.canary_weight
+            ),
+        );
+        self.requeue = Some(INVALID_POLL.min(self.spec.progress_deadline.saturating_sub(stuck)));
+    }
+
+    /// `canaryd pause` (or too many inconclusive checks): hold at the current weight.
+    fn hold_paused(&mut self, stable: &VersionRef, canary: &VersionRef) {
+        self.ensure_current_weights(stable, canary);
+        self.st.pending_approval = None;
+        // A pause for too many inconclusive checks keeps saying why.
+        if self.st.history.last().is_none_or(|t| t.reason != "Inconclusive") {
+            self.transition(
+                Phase::Paused,
+                "Paused",
+                "paused by command; `canaryd resume` to go on".into(),
+            );
+        }
+    }
+
+    /// A halted canary gets no traffic. A rollback recorded as `RollingBack` moves the weights now and
+    /// then takes its final phase; traffic someone puts back on the canary later returns to stable.
+    fn keep_halted(&mut self, stable: &VersionRef, canary: &VersionRef, halted: Phase) {
+        self.clear_progressing();
+        let rolling_back = self.st.phase == Phase::RollingBack;
+        let on_stable = self.obs.weights_are(&stable.subset, Some(&canary.subset), 0);
+        if !on_stable && !self.stable_serves() {
+            // Sending traffic to zero pods is a certain outage: hold until stable has Ready pods.
+            self.requeue = Some(READY_POLL);
+            return self.transition(
+                Phase::RollingBack,
+                "StableNotReady",
+                format!(
+                    "{halted} recorded, but stable Deployment {} has no Ready pods: canary {} keeps its traffic \
+                         until stable has Ready pods (sending traffic to zero pods is a certain outage)",
+                    stable.deployment, canary.subset
+                ),
+            );
+        }
+        // Finishing a recorded rollback always writes the weights (a no-op when already there).
+        if !on_stable || rolling_back {
+            self.send_all_to_stable(stable);
+        }
+        if !rolling_back {
+            self.st.phase = halted;
             return;
         }
-        self.walk(&stable, &desired, &dep, promote);
+        // The weights are on stable (or written before this status): finish the recorded rollback.
+        let (reason, cause) = self
+            .st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Progressing")
+            .map(|c| (c.reason.clone(), c.message.clone()))
+            .unwrap_or_else(|| (halted.as_str().into(), String::new()));
+        let canary_gone = self.obs.canary.is_none();
+        if canary_gone && let Some(sc) = self.st.scaling.as_mut() {
+            // No Deployment left to give its replicas back to (its HPA, if any, is still restored).
+            sc.canary = sc.canary.take().filter(|c| c.hpa.is_some());
+        }
+        self.restore_scaling();
+        if halted == Phase::RolledBack
+            && !canary_gone
+            && self.spec.scaling.enabled
+            && self.spec.scaling.scale_down_canary_on_rollback
+        {
+            self.actions.push(Action::SetReplicas {
+                deployment: canary.deployment.clone(),
+                replicas: 0,
+            });
+        }
+        self.transition(
+            halted,
+            &reason,
+            format!("{cause}; all traffic on stable {}", stable.subset),
+        );
     }
 
     /// Go through the steps from the current one as far as time, readiness and approvals allow.
@@ -266,149 +468,217 @@ impl Planner<'_> {
         dep: &DeploymentState,
         mut promote: Option<(bool, String)>,
     ) {
-        let steps = &self.spec.steps;
         self.pin_stable();
-        if let Some((true, by)) = &promote
-            && dep.is_ready()
-        {
-            // promote --full: 100 % now and done, skipping pauses and the analysis gate.
-            self.st.paused = false;
-            self.event(
-                EventType::Normal,
-                "PromotedFull",
-                format!("full promotion requested{by}"),
-            );
-            if !self.obs.weights_are(&stable.subset, Some(&canary.subset), 100) || self.st.canary_weight != 100 {
-                self.set_weights(stable, Some(canary), 100);
-            }
-            return self.succeed(canary);
+        if let Some((true, by)) = &promote {
+            self.request_full_promotion(by);
+            promote = None;
         }
         loop {
             let index = self.st.step.unwrap_or(0) as usize;
-            let Some(step) = steps.get(index) else {
-                if self.waits_for_analysis(canary, 100) {
-                    return;
-                }
-                return self.succeed(canary);
+            // Past the last step (or steps shortened under us) comes a weight step of 100.
+            let weight = match self.spec.steps.get(index) {
+                Some(step) => step.weight,
+                None => Some(100),
             };
-            let started = self.st.step_started_at.unwrap_or(self.now);
-            if let Some(weight) = step.weight {
-                if weight > self.st.canary_weight
-                    && self.st.canary_weight > 0
-                    && self.waits_for_analysis(canary, weight)
-                {
-                    return;
-                }
-                if self.record_scaling() {
-                    return;
-                }
-                self.pin_stable();
-                let (has_capacity, required) = match self.ensure_capacity(weight) {
-                    Ok(c) => c,
-                    Err(message) => {
-                        self.send_all_to_stable(stable);
-                        return self.halt(Phase::RolledBack, "CapacityUnavailable", message);
-                    }
-                };
-                if !dep.is_ready() || !has_capacity {
-                    let waited = duration_between(started, self.now);
-                    if waited >= self.spec.progress_deadline {
-                        self.send_all_to_stable(stable);
-                        return self.halt(
-                            Phase::RolledBack,
-                            "ProgressDeadlineExceeded",
-                            format!(
-                                "canary Deployment {} not Ready with {required} replicas after {} (progressDeadline {}); all traffic on stable",
-                                canary.deployment,
-                                humantime::format_duration(waited),
-                                humantime::format_duration(self.spec.progress_deadline)
-                            ),
-                        );
-                    }
-                    self.st.pending_approval = None;
-                    self.transition(
-                        Phase::Progressing,
-                        "WaitingForCanary",
-                        format!(
-                            "waiting for canary Deployment {} to have {required} Ready replicas ({} ready) before weight {weight}",
-                            canary.deployment, dep.ready_replicas
-                        ),
-                    );
-                    self.requeue = Some(READY_POLL.min(self.spec.progress_deadline.saturating_sub(waited)));
-                    return;
-                }
-                self.st.step = Some(index as u32 + 1);
-                self.st.step_started_at = Some(self.now);
-                self.st.pending_approval = None;
-                if self.obs.weights_are(&stable.subset, Some(&canary.subset), weight) {
-                    // Already there (a write whose status was lost in a crash): just record it.
-                    self.st.canary_weight = weight;
-                    self.st.stable_weight = 100 - weight;
-                } else {
-                    self.set_weights(stable, Some(canary), weight);
-                    self.transition(
-                        Phase::Progressing,
-                        "WeightChanged",
-                        format!("step {}: canary {} at {weight}%", index + 1, canary.subset),
-                    );
-                    // One weight change per reconcile: look again at once to go on.
-                    self.requeue = Some(Duration::ZERO);
-                    return;
-                }
-                continue;
-            }
-            // A pause step.
-            self.ensure_current_weights(stable, canary);
-            let duration = step.pause.as_ref().and_then(|p| p.duration);
-            if let Some((_, by)) = promote.take() {
-                self.event(EventType::Normal, "Promoted", format!("step {} passed{by}", index + 1));
-                self.next_step(index);
-                continue;
-            }
-            match duration {
-                Some(d) => {
-                    let elapsed = duration_between(started, self.now);
-                    if elapsed >= d {
-                        self.next_step(index);
-                        continue;
-                    }
-                    self.st.pending_approval = None;
-                    let left = d - elapsed;
-                    self.transition(
-                        Phase::Paused,
-                        "Pausing",
-                        format!(
-                            "step {}: holding canary {} at {}% for {}",
-                            index + 1,
-                            canary.subset,
-                            self.st.canary_weight,
-                            humantime::format_duration(d)
-                        ),
-                    );
-                    self.requeue = Some(left);
-                    return;
-                }
-                None => {
-                    let next = steps[index..].iter().find_map(|s| s.weight).unwrap_or(100);
-                    self.st.pending_approval = Some(format!(
-                        "step {}: `canaryd promote` to go from {}% to {next}%",
-                        index + 1,
-                        self.st.canary_weight
-                    ));
-                    self.transition(
-                        Phase::WaitingForApproval,
-                        "WaitingForApproval",
-                        format!(
-                            "step {}: canary {} at {}% waits for approval",
-                            index + 1,
-                            canary.subset,
-                            self.st.canary_weight
-                        ),
-                    );
-                    return;
-                }
+            let flow = match weight {
+                Some(weight) => self.weight_step(stable, canary, dep, index, weight),
+                None => self.pause_step(stable, canary, index, &mut promote),
+            };
+            if flow == Flow::Stop {
+                return;
             }
         }
+    }
+
+    /// `promote --full`: skip the pauses, approvals, the analysis gate and the remaining steps, but not
+    /// the canary's capacity and readiness for 100 %. Recorded in status, so it survives waiting.
+    fn request_full_promotion(&mut self, by: &str) {
+        self.event(
+            EventType::Normal,
+            "PromotedFull",
+            format!("full promotion requested{by}"),
+        );
+        self.st.paused = false;
+        self.st.promote_full = true;
+        let end = self.spec.steps.len() as u32;
+        if self.st.step.is_none_or(|s| s < end) {
+            self.st.step = Some(end);
+            self.st.step_started_at = Some(self.now);
+        }
+    }
+
+    /// A weight step: analysis, capacity and readiness gates, then one weight change per reconcile.
+    fn weight_step(
+        &mut self,
+        stable: &VersionRef,
+        canary: &VersionRef,
+        dep: &DeploymentState,
+        index: usize,
+        weight: u8,
+    ) -> Flow {
+        let last = index >= self.spec.steps.len();
+        if last && self.st.canary_weight == 100 && self.obs.weights_are(&stable.subset, Some(&canary.subset), 100) {
+            if !self.st.promote_full && self.waits_for_analysis(canary, 100) {
+                return Flow::Stop;
+            }
+            self.succeed(canary);
+            return Flow::Stop;
+        }
+        if weight > self.st.canary_weight
+            && self.st.canary_weight > 0
+            && !self.st.promote_full
+            && self.waits_for_analysis(canary, weight)
+        {
+            return Flow::Stop;
+        }
+        if self.record_scaling() {
+            return Flow::Stop;
+        }
+        self.pin_stable();
+        let (has_capacity, required) = match self.ensure_capacity(weight) {
+            Ok(c) => c,
+            Err(message) => {
+                self.halt(Phase::RolledBack, "CapacityUnavailable", message);
+                return Flow::Stop;
+            }
+        };
+        if !dep.is_ready() || !has_capacity {
+            self.wait_for_canary(canary, dep, weight, required);
+            return Flow::Stop;
+        }
+        let already = self.obs.weights_are(&stable.subset, Some(&canary.subset), weight);
+        if !already && self.stable_would_gain(&stable.subset, 100 - weight) && !self.stable_serves() {
+            self.hold_for_stable(stable, canary, weight);
+            return Flow::Stop;
+        }
+        if !last {
+            self.next_step(index);
+        }
+        self.st.pending_approval = None;
+        if already {
+            // Already there (a write whose status was lost): record it, and judge from now.
+            self.record_weight(weight);
+            return Flow::Continue;
+        }
+        self.set_weights(stable, Some(canary), weight);
+        let which = if last {
+            "end of steps".to_string()
+        } else {
+            format!("step {}", index + 1)
+        };
+        self.transition(
+            Phase::Progressing,
+            "WeightChanged",
+            format!("{which}: canary {} at {weight}%", canary.subset),
+        );
+        // One weight change per reconcile: look again at once to go on.
+        self.requeue = Some(Duration::ZERO);
+        Flow::Stop
+    }
+
+    /// Wait for the canary's Ready replicas until the progress deadline, then roll back.
+    fn wait_for_canary(&mut self, canary: &VersionRef, dep: &DeploymentState, weight: u8, required: i32) {
+        let started = self.st.step_started_at.unwrap_or(self.now);
+        let waited = duration_between(started, self.now);
+        if waited >= self.spec.progress_deadline {
+            return self.halt(
+                Phase::RolledBack,
+                "ProgressDeadlineExceeded",
+                format!(
+                    "canary Deployment {} not Ready with {required} replicas after {} (progressDeadline {})",
+                    canary.deployment,
+                    humantime::format_duration(waited),
+                    humantime::format_duration(self.spec.progress_deadline)
+                ),
+            );
+        }
+        self.st.pending_approval = None;
+        self.transition(
+            Phase::Progressing,
+            "WaitingForCanary",
+            format!(
+                "waiting for canary Deployment {} to have {required} Ready replicas ({} ready) before weight {weight}",
+                canary.deployment, dep.ready_replicas
+            ),
+        );
+        self.requeue = Some(READY_POLL.min(self.spec.progress_deadline.saturating_sub(waited)));
+    }
+
+    /// Stable has no Ready pods: no weight change that gives it more traffic.
+    fn hold_for_stable(&mut self, stable: &VersionRef, canary: &VersionRef, weight: u8) {
+        self.st.pending_approval = None;
+        self.transition(
+            Phase::Progressing,
+            "StableNotReady",
+            format!(
+                "stable Deployment {} has no Ready pods: holding before canary {} at {weight}% (stable {} at {}%) \
+                 until it has",
+                stable.deployment,
+                canary.subset,
+                stable.subset,
+                100 - weight
+            ),
+        );
+        self.requeue = Some(READY_POLL);
+    }
+
+    /// A pause step: by time, or until `canaryd promote`.
+    fn pause_step(
+        &mut self,
+        stable: &VersionRef,
+        canary: &VersionRef,
+        index: usize,
+        promote: &mut Option<(bool, String)>,
+    ) -> Flow {
+        self.ensure_current_weights(stable, canary);
+        if let Some((_, by)) = promote.take() {
+            self.event(EventType::Normal, "Promoted", format!("step {} passed{by}", index + 1));
+            self.next_step(index);
+            return Flow::Continue;
+        }
+        let started = self.st.step_started_at.unwrap_or(self.now);
+        let duration = self.spec.steps[index].pause.as_ref().and_then(|p| p.duration);
+        match duration {
+            Some(d) => {
+                let elapsed = duration_between(started, self.now);
+                if elapsed >= d {
+                    self.next_step(index);
+                    return Flow::Continue;
+                }
+                self.st.pending_approval = None;
+                self.transition(
+                    Phase::Paused,
+                    "Pausing",
+                    format!(
+                        "step {}: holding canary {} at {}% for {}",
+                        index + 1,
+                        canary.subset,
+                        self.st.canary_weight,
+                        humantime::format_duration(d)
+                    ),
+                );
+                self.requeue = Some(d - elapsed);
+            }
+            None => {
+                let next = self.spec.steps[index..].iter().find_map(|s| s.weight).unwrap_or(100);
+                self.st.pending_approval = Some(format!(
+                    "step {}: `canaryd promote` to go from {}% to {next}%",
+                    index + 1,
+                    self.st.canary_weight
+                ));
+                self.transition(
+                    Phase::WaitingForApproval,
+                    "WaitingForApproval",
+                    format!(
+                        "step {}: canary {} at {}% waits for approval",
+                        index + 1,
+                        canary.subset,
+                        self.st.canary_weight
+                    ),
+                );
+            }
+        }
+        Flow::Stop
     }
 
     fn next_step(&mut self, index: usize) {
@@ -420,7 +690,7 @@ impl Planner<'_> {
     fn start(&mut self, stable: &VersionRef, identity: CanaryStatus, previous: Option<CanaryStatus>) {
         let reason = match &previous {
             Some(prev) if prev.halted.is_none() => {
-                if !self.obs.weights_are(&stable.subset, Some(&prev.subset), 0) {
+                if !self.obs.weights_are(&stable.subset, Some(&prev.subset), 0) && self.stable_serves() {
                     self.actions.push(Action::SetWeights {
                         stable: stable.subset.clone(),
                         canary: Some(prev.subset.clone()),
@@ -449,6 +719,7 @@ impl Planner<'_> {
         self.st.step = Some(0);
         self.st.step_started_at = Some(self.now);
         self.st.paused = false;
+        self.st.promote_full = false;
         self.st.pending_approval = None;
         self.transition(Phase::Progressing, reason, message);
         self.set_condition("Progressing", true, reason, "rollout in progress");
@@ -467,6 +738,7 @@ impl Planner<'_> {
         self.st.canary_weight = 0;
         self.st.pending_approval = None;
         self.st.paused = false;
+        self.st.promote_full = false;
         let from = previous.map(|p| p.subset).unwrap_or_default();
         self.transition(
             Phase::Succeeded,
@@ -481,6 +753,18 @@ impl Planner<'_> {
         self.finish_scale_down(false);
         if let Some(old) = self.st.canary.clone() {
             if !self.obs.weights_are(&stable.subset, Some(&old.subset), 0) {
+                if !self.stable_serves() {
+                    self.requeue = Some(READY_POLL);
+                    return self.transition(
+                        Phase::Progressing,
+                        "StableNotReady",
+                        format!(
+                            "spec.canary no longer names {} but stable Deployment {} has no Ready pods: {} keeps its \
+                             traffic until stable has Ready pods",
+                            old.subset, stable.deployment, old.subset
+                        ),
+                    );
+                }
                 self.send_all_to_stable(stable);
             }
             self.restore_scaling();
@@ -489,6 +773,7 @@ impl Planner<'_> {
             self.st.step_started_at = None;
             self.st.pending_approval = None;
             self.st.paused = false;
+            self.st.promote_full = false;
             self.transition(
                 Phase::Healthy,
                 "CanaryRemoved",
@@ -525,36 +810,30 @@ impl Planner<'_> {
     }
 
     fn invalid(&mut self, problems: &[Problem]) {
-        let message = problems
-            .iter()
-            .map(|p| p.message.as_str())
-            .collect::<Vec<_>>()
-            .join("; ");
-        let reason = problems.first().map(|p| p.reason.clone()).unwrap_or_default();
+        let (reason, message) = summary(problems);
         self.set_condition("Ready", false, &reason, &message);
         self.transition(Phase::Invalid, &reason, message);
         // Objects that preflight reads are not all watched: look again soon.
-        self.requeue = Some(Duration::from_secs(10));
+        self.requeue = Some(INVALID_POLL);
     }
 
-    fn halt(&mut self, phase: Phase, reason: &str, message: String) {
-        self.restore_scaling();
-        if phase == Phase::RolledBack
-            && self.spec.scaling.enabled
-            && self.spec.scaling.scale_down_canary_on_rollback
-            && let Some(c) = &self.st.canary
-        {
-            self.actions.push(Action::SetReplicas {
-                deployment: c.deployment.clone(),
-                replicas: 0,
-            });
-        }
+    /// Record a rollback or abort: phase `RollingBack`, the canary halted, the cause in the Progressing
+    /// condition. No traffic moves in this reconcile: the next one, starting from this record, sends
+    /// all traffic to stable and sets the final phase, so a crash in between never undoes the verdict.
+    fn halt(&mut self, phase: Phase, reason: &str, cause: String) {
         if let Some(c) = self.st.canary.as_mut() {
             c.halted = Some(phase);
         }
+        self.halted_now = true;
         self.clear_progressing();
-        self.transition(phase, reason, message);
-        self.set_condition("Progressing", false, reason, "rollout halted");
+        self.set_condition("Progressing", false, reason, &cause);
+        let stable = self.st.stable.as_ref().map(|s| s.subset.clone()).unwrap_or_default();
+        self.transition(
+            Phase::RollingBack,
+            reason,
+            format!("{cause}; sending all traffic to stable {stable}"),
+        );
+        self.requeue = Some(Duration::ZERO);
     }
 
     fn clear_progressing(&mut self) {
@@ -562,6 +841,7 @@ impl Planner<'_> {
         self.st.step_started_at = None;
         self.st.pending_approval = None;
         self.st.paused = false;
+        self.st.promote_full = false;
     }
 
     fn halted(&self) -> Option<Phase> {
@@ -573,6 +853,36 @@ impl Planner<'_> {
             .command
             .clone()
             .filter(|c| self.st.last_command_id.as_deref() != Some(c.id.as_str()))
+    }
+
+    /// Stable has Ready pods to take traffic.
+    fn stable_serves(&self) -> bool {
+        self.obs.stable.as_ref().is_some_and(DeploymentState::serves)
+    }
+
+    /// Whether giving stable `weight` raises its share in some route (or the routes are unknown).
+    fn stable_would_gain(&self, stable: &str, weight: u8) -> bool {
+        self.obs.routes.is_empty()
+            || self
+                .obs
+                .routes
+                .iter()
+                .any(|r| r.get(stable).copied().unwrap_or(0) < weight)
+    }
+
+    /// The canary's largest observed weight in any managed route.
+    fn observed_canary_weight(&self) -> u8 {
+        let subset = self.st.canary.as_ref().map(|c| c.subset.as_str()).unwrap_or_default();
+        self.obs
+            .routes
+            .iter()
+            .filter_map(|r| r.get(subset).copied())
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn canary_has_traffic(&self) -> bool {
+        self.st.canary_weight > 0 || self.observed_canary_weight() > 0
     }
 
     fn send_all_to_stable(&mut self, stable: &VersionRef) {
@@ -592,6 +902,11 @@ impl Planner<'_> {
             canary: canary.map(|c| c.subset.clone()),
             canary_weight: weight,
         });
+        self.record_weight(weight);
+    }
+
+    /// The canary now has `weight`, written by us or found in place: a changed weight is judged anew.
+    fn record_weight(&mut self, weight: u8) {
         if weight != self.st.canary_weight
             && let Some(a) = self.st.analysis.as_mut()
         {
@@ -604,12 +919,17 @@ impl Planner<'_> {
         self.st.stable_weight = 100 - weight;
     }
 
-    /// Put back the weight of the step in progress if someone moved it.
+    /// Put back the weight of the step in progress if someone moved it (never toward a stable with no
+    /// Ready pods).
     fn ensure_current_weights(&mut self, stable: &VersionRef, canary: &VersionRef) {
         let w = self.st.canary_weight;
-        if !self.obs.weights_are(&stable.subset, Some(&canary.subset), w) {
-            self.set_weights(stable, Some(canary), w);
+        if self.obs.weights_are(&stable.subset, Some(&canary.subset), w) {
+            return;
         }
+        if self.stable_would_gain(&stable.subset, 100 - w) && !self.stable_serves() {
+            return;
+        }
+        self.set_weights(stable, Some(canary), w);
     }
 
     fn event(&mut self, type_: EventType, reason: &str, message: String) {
@@ -642,6 +962,7 @@ impl Planner<'_> {
         self.st.history.drain(..excess);
         let type_ = match phase {
             Phase::RolledBack | Phase::Aborted | Phase::Invalid | Phase::RollingBack => EventType::Warning,
+            _ if WARNING_REASONS.contains(&reason) => EventType::Warning,
             _ => EventType::Normal,
         };
         self.event(type_, reason, message);
@@ -680,4 +1001,25 @@ pub fn duration_between(since: Timestamp, now: Timestamp) -> Duration {
     } else {
         Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
+}
+
+/// The canary's identity in status: subset, Deployment and the pod template it is rolled out for.
+fn identity(canary: &VersionRef, dep: &DeploymentState) -> CanaryStatus {
+    CanaryStatus {
+        subset: canary.subset.clone(),
+        deployment: canary.deployment.clone(),
+        template_hash: dep.template_hash.clone(),
+        halted: None,
+    }
+}
+
+/// The first problem's reason and every problem's message.
+fn summary(problems: &[Problem]) -> (String, String) {
+    let message = problems
+        .iter()
+        .map(|p| p.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let reason = problems.first().map(|p| p.reason.clone()).unwrap_or_default();
+    (reason, message)
 }

@@ -70,6 +70,7 @@ fn obs(weights: &[(&str, u8)]) -> Observed {
     Observed {
         generation: Some(1),
         canary: ready("h1"),
+        stable: ready("s1"),
         routes: routes(weights),
         ..Observed::default()
     }
@@ -500,7 +501,7 @@ fn history_is_bounded_and_events_follow_transitions() {
 
 mod analysis {
     use super::*;
-    use crate::analysis::engine::Check;
+    use crate::analysis::check::Check;
     use crate::policy::types::{
         Analysis, MetricCheck, MetricResult, OnProviderError, PrometheusProvider, ProviderErrorAction, Verdict,
     };
@@ -543,6 +544,11 @@ mod analysis {
 
     fn check(sim: &mut Sim, verdict: Verdict) {
         sim.advance(1);
+        check_from(sim, verdict, 0);
+    }
+
+    /// A check taken now whose widest window reaches `window` seconds back.
+    fn check_from(sim: &mut Sim, verdict: Verdict, window: i64) {
         let value = if verdict == Verdict::Fail {
             Some(90.0)
         } else {
@@ -550,6 +556,7 @@ mod analysis {
         };
         sim.obs.analysis = Some(Check {
             at: sim.now,
+            window_start: sim.now.checked_sub(SignedDuration::from_secs(window)).unwrap(),
             results: vec![MetricResult {
                 name: "success-rate".into(),
                 verdict,
@@ -602,8 +609,15 @@ mod analysis {
         sim.settle();
         assert_eq!((sim.canary_weight(), sim.status.phase), (10, Phase::Progressing));
         check(&mut sim, Verdict::Fail);
+        // The verdict is recorded first (RollingBack), the weights go back in the very next reconcile.
         let p = sim.step();
-        assert_eq!(weight_actions(&p), vec![set("v1", "v2", 0)], "in the same reconcile");
+        assert!(weight_actions(&p).is_empty(), "{:?}", p.actions);
+        assert_eq!(
+            (sim.status.phase, p.requeue),
+            (Phase::RollingBack, Some(Duration::ZERO))
+        );
+        let p = sim.step();
+        assert_eq!(weight_actions(&p), vec![set("v1", "v2", 0)]);
         assert_eq!(sim.status.phase, Phase::RolledBack);
         let message = sim.status.message.clone().unwrap_or_default();
         assert!(
@@ -690,6 +704,7 @@ mod analysis {
         // A check from before the canary got traffic does not count.
         sim.obs.analysis = Some(Check {
             at: t(-100),
+            window_start: t(-160),
             results: vec![],
         });
         sim.settle();
@@ -839,6 +854,12 @@ mod scaling {
         }
         sim.obs.command = cmd("a", CommandKind::Abort);
         let p = sim.step();
+        assert!(
+            p.actions.iter().all(|a| matches!(a, Action::Event { .. })),
+            "{:?}",
+            p.actions
+        );
+        let p = sim.step();
         let first_weight = p
             .actions
             .iter()
@@ -934,6 +955,69 @@ mod scaling {
         assert_eq!(sim.status.phase, Phase::Succeeded);
     }
 
+    /// A deleted canary Deployment is rolled back without writes to it (they would fail with 404).
+    #[test]
+    fn a_deleted_canary_is_rolled_back_without_touching_its_replicas() {
+        let mut sim = sim();
+        sim.obs.scaling.canary = Some(version("app-v2", None, 1, 1));
+        while sim.canary_weight() < 50 {
+            let p = sim.step();
+            apply(&mut sim, &p, 10);
+        }
+        sim.obs.canary = None;
+        sim.obs.scaling.canary = None;
+        sim.obs.canary_problems = vec![Problem {
+            reason: "DeploymentNotFound".into(),
+            message: "canary Deployment app-v2 not found".into(),
+        }];
+        let mut actions = Vec::new();
+        for _ in 0..3 {
+            actions.extend(sim.step().actions);
+        }
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::SetReplicas { deployment, .. } if deployment == "app-v2")),
+            "{actions:?}"
+        );
+        assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::RolledBack, 0));
+    }
+
+    /// `promote --full` skips the approval but not the capacity: 100 % only with 4 Ready replicas.
+    #[test]
+    fn promote_full_waits_for_the_capacity_of_one_hundred_percent() {
+        let mut sim = sim();
+        sim.spec.steps = vec![w(10), pause(None), w(100)];
+        for _ in 0..10 {
+            let p = sim.step();
+            apply(&mut sim, &p, 10);
+        }
+        assert_eq!((sim.canary_weight(), sim.status.phase), (10, Phase::WaitingForApproval));
+        sim.obs.command = cmd("f", CommandKind::PromoteFull);
+        let mut waited = false;
+        let mut cap = sim.obs.scaling.canary.as_ref().unwrap().ready_replicas;
+        for _ in 0..20 {
+            let p = sim.step();
+            apply(&mut sim, &p, cap);
+            let canary = sim.obs.scaling.canary.clone().unwrap();
+            if sim.canary_weight() == 100 {
+                assert!(canary.ready_replicas >= 4, "100% with {} Ready", canary.ready_replicas);
+            }
+            waited |= sim
+                .status
+                .history
+                .last()
+                .is_some_and(|t| t.reason == "WaitingForCanary");
+            // Pods become Ready one reconcile after the HPA asks for them.
+            cap = canary.spec_replicas;
+            if sim.status.phase == Phase::Succeeded {
+                break;
+            }
+        }
+        assert!(waited, "it waited for the canary's capacity");
+        assert_eq!(sim.status.phase, Phase::Succeeded);
+    }
+
     #[test]
     fn deleting_mid_rollout_returns_traffic_and_restores_everything() {
         let mut sim = sim();
@@ -947,5 +1031,552 @@ mod scaling {
             "{actions:?}"
         );
         assert_eq!(actions.len(), 3, "{actions:?}");
+    }
+}
+
+/// Issue 8: the planner's trust defects. Each table row is a situation a crash, a conflict or a
+/// person's edit can leave behind.
+mod trust {
+    use super::*;
+    use crate::analysis::check::Check;
+    use crate::policy::types::{
+        Analysis, MetricCheck, MetricResult, OnProviderError, PrometheusProvider, ProviderErrorAction, Verdict,
+    };
+
+    fn analysis() -> Analysis {
+        Analysis {
+            interval: Duration::from_secs(10),
+            start_after: Duration::ZERO,
+            failure_limit: 1,
+            min_requests: 0,
+            inconclusive_limit: 10,
+            on_provider_error: OnProviderError {
+                after: 2,
+                action: ProviderErrorAction::Pause,
+            },
+            prometheus: PrometheusProvider {
+                address: "http://prometheus:9090".into(),
+                auth: None,
+                ca_secret: None,
+                timeout: Duration::from_secs(5),
+            },
+            metrics: vec![MetricCheck {
+                name: "success-rate".into(),
+                template: Some("istio-request-success-rate".into()),
+                query: None,
+                min: Some(99.0),
+                max: None,
+                relative: None,
+                window: None,
+            }],
+        }
+    }
+
+    /// A check judged now over a window of `window` seconds.
+    fn check(sim: &mut Sim, verdict: Verdict, window: i64) {
+        sim.obs.analysis = Some(Check {
+            at: sim.now,
+            window_start: sim.now.checked_sub(SignedDuration::from_secs(window)).unwrap(),
+            results: vec![MetricResult {
+                name: "success-rate".into(),
+                verdict,
+                value: Some(if verdict == Verdict::Fail { 90.0 } else { 100.0 }),
+                stable_value: None,
+                threshold: ">= 99".into(),
+                window: format!("{window}s"),
+                message: format!("success-rate {verdict:?}"),
+                at: sim.now,
+            }],
+        });
+    }
+
+    fn problem(reason: &str) -> Problem {
+        Problem {
+            reason: reason.into(),
+            message: format!("{reason} message"),
+        }
+    }
+
+    fn unready(hash: &str) -> Option<DeploymentState> {
+        Some(DeploymentState {
+            template_hash: hash.into(),
+            generation_observed: true,
+            ready_replicas: 0,
+        })
+    }
+
+    /// 10 → 50 (approval) with the canary at 50 %.
+    fn at_fifty() -> Sim {
+        let mut sim = Sim::new();
+        sim.spec.steps = vec![w(10), w(50), pause(None), w(100)];
+        sim.settle();
+        assert_eq!((sim.canary_weight(), sim.status.phase), (50, Phase::WaitingForApproval));
+        sim
+    }
+
+    fn events(p: &Plan, reason: &str) -> Vec<(EventType, String)> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event {
+                    type_,
+                    reason: r,
+                    message,
+                } if r == reason => Some((*type_, message.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn gives_canary_traffic(p: &Plan) -> bool {
+        p.actions
+            .iter()
+            .any(|a| matches!(a, Action::SetWeights { canary_weight, .. } if *canary_weight > 0))
+    }
+
+    /// Every way a rollout halts: the deciding reconcile only records it; the next one moves traffic.
+    #[test]
+    fn a_halt_is_recorded_before_traffic_moves() {
+        struct Case {
+            name: &'static str,
+            cause: fn(&mut Sim),
+            phase: Phase,
+            reason: &'static str,
+        }
+        let cases = [
+            Case {
+                name: "abort",
+                cause: |sim| sim.obs.command = cmd("a", CommandKind::Abort),
+                phase: Phase::Aborted,
+                reason: "Aborted",
+            },
+            Case {
+                name: "analysis breach",
+                cause: |sim| {
+                    sim.spec.analysis = Some(analysis());
+                    sim.advance(1);
+                    check(sim, Verdict::Fail, 0);
+                },
+                phase: Phase::RolledBack,
+                reason: "AnalysisFailed",
+            },
+            Case {
+                name: "canary lost its pods",
+                cause: |sim| sim.obs.canary = unready("h1"),
+                phase: Phase::RolledBack,
+                reason: "CanaryUnavailable",
+            },
+            Case {
+                name: "canary subset deleted",
+                cause: |sim| sim.obs.canary_problems = vec![problem("SubsetNotFound")],
+                phase: Phase::RolledBack,
+                reason: "CanaryUnavailable",
+            },
+            Case {
+                name: "canary Deployment deleted",
+                cause: |sim| {
+                    sim.obs.canary = None;
+                    sim.obs.canary_problems = vec![problem("DeploymentNotFound")];
+                },
+                phase: Phase::RolledBack,
+                reason: "CanaryUnavailable",
+            },
+        ];
+        for c in cases {
+            let mut sim = at_fifty();
+            (c.cause)(&mut sim);
+            let decided = sim.step();
+            assert!(weight_actions(&decided).is_empty(), "{}: {:?}", c.name, decided.actions);
+            assert_eq!(sim.status.phase, Phase::RollingBack, "{}", c.name);
+            assert_eq!(
+                sim.status.canary.as_ref().and_then(|x| x.halted),
+                Some(c.phase),
+                "{}",
+                c.name
+            );
+            assert_eq!(decided.requeue, Some(Duration::ZERO), "{}", c.name);
+            assert_eq!(sim.history_reason(), c.reason, "{}", c.name);
+            if c.phase == Phase::Aborted {
+                assert_eq!(sim.status.last_command_id.as_deref(), Some("a"), "{}", c.name);
+            }
+            let recorded = sim.status.clone();
+            let moved = sim.step();
+            assert_eq!(weight_actions(&moved), vec![set("v1", "v2", 0)], "{}", c.name);
+            assert_eq!(sim.status.phase, c.phase, "{}", c.name);
+            assert_eq!(sim.history_reason(), c.reason, "{}", c.name);
+            assert!(
+                sim.status
+                    .message
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("all traffic on stable v1"),
+                "{}: {:?}",
+                c.name,
+                sim.status.message
+            );
+
+            // A crash after the weight write, before the status write: the next daemon starts from the
+            // recorded RollingBack with the weights already on stable, and only finishes the record.
+            sim.status = recorded.clone();
+            let p = sim.step();
+            assert!(!gives_canary_traffic(&p), "{}: {:?}", c.name, p.actions);
+            assert_eq!(sim.status.phase, c.phase, "{}", c.name);
+
+            // A crash before the weight write: whatever happens next (time, passing checks, promote
+            // commands, the canary back), the canary never gets traffic again.
+            let mut sim2 = at_fifty();
+            (c.cause)(&mut sim2);
+            sim2.status = recorded;
+            sim2.obs.canary = ready("h1");
+            sim2.obs.canary_problems.clear();
+            for (i, kind) in [CommandKind::Promote, CommandKind::PromoteFull, CommandKind::Resume]
+                .into_iter()
+                .enumerate()
+            {
+                sim2.advance(30);
+                if sim2.spec.analysis.is_some() {
+                    check(&mut sim2, Verdict::Pass, 0);
+                }
+                sim2.obs.command = cmd(&format!("x{i}"), kind);
+                for _ in 0..3 {
+                    let p = sim2.step();
+                    assert!(!gives_canary_traffic(&p), "{}: {:?}", c.name, p.actions);
+                }
+                assert_eq!(sim2.canary_weight(), 0, "{}", c.name);
+                assert_eq!(sim2.status.phase, c.phase, "{}", c.name);
+            }
+        }
+    }
+
+    #[test]
+    fn a_halted_canary_gets_no_traffic_even_when_routes_are_unknown() {
+        let mut sim = at_fifty();
+        sim.obs.command = cmd("a", CommandKind::Abort);
+        sim.settle();
+        assert_eq!(sim.status.phase, Phase::Aborted);
+        // The routes could not be read: "all weights as wanted" is not assumed.
+        sim.obs.routes.clear();
+        let p = sim.step();
+        assert_eq!(weight_actions(&p), vec![set("v1", "v2", 0)]);
+        // Same while a problem holds the policy.
+        sim.obs.problems = vec![problem("ServiceNotFound")];
+        let p = sim.step();
+        assert_eq!(weight_actions(&p), vec![set("v1", "v2", 0)]);
+        assert_eq!(sim.status.phase, Phase::Aborted);
+        // `retry` while the problem lasts starts over, held at 0 % until it is fixed.
+        sim.obs.routes = routes(&[("v1", 100), ("v2", 0)]);
+        sim.obs.command = cmd("r", CommandKind::Retry);
+        let p = sim.settle();
+        assert!(!gives_canary_traffic(&p), "{:?}", p.actions);
+        assert_eq!(sim.status.canary.as_ref().and_then(|c| c.halted), None);
+        assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::Invalid, 0));
+        sim.obs.problems.clear();
+        sim.settle();
+        assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::WaitingForApproval, 50));
+    }
+
+    /// The weight is found in place (written before a crash or a lost status write): the canary is
+    /// judged at it anyway, and the next weight waits for a check at it.
+    #[test]
+    fn a_weight_found_in_place_is_judged() {
+        let mut sim = Sim::new();
+        sim.spec.steps = vec![w(10), w(50), w(100)];
+        sim.spec.analysis = Some(analysis());
+        let start = sim.status.clone();
+        let p = sim.step();
+        assert_eq!(weight_actions(&p), vec![set("v1", "v2", 10)]);
+        // The status write after that weight was lost (a crash or a 409): start again from before.
+        sim.status = start;
+        sim.advance(5);
+        let p = sim.step();
+        assert!(weight_actions(&p).is_empty(), "{:?}", p.actions);
+        let a = sim.status.analysis.clone().unwrap();
+        assert_eq!((a.since, a.weight_set_at), (Some(sim.now), Some(sim.now)));
+        assert_eq!(sim.status.canary_weight, 10);
+        assert_eq!(sim.status.reason(), "WaitingForAnalysis");
+        // A failing check at that weight rolls back; a passing one lets it go on.
+        let mut fail = Sim {
+            spec: sim.spec.clone(),
+            status: sim.status.clone(),
+            obs: sim.obs.clone(),
+            now: sim.now,
+        };
+        fail.advance(11);
+        check(&mut fail, Verdict::Fail, 10);
+        fail.settle();
+        assert_eq!((fail.status.phase, fail.canary_weight()), (Phase::RolledBack, 0));
+        sim.advance(11);
+        check(&mut sim, Verdict::Pass, 10);
+        sim.settle();
+        assert_eq!(sim.canary_weight(), 50);
+    }
+
+    #[test]
+    fn analysis_added_mid_rollout_judges_the_current_weight() {
+        let mut sim = Sim::new();
+        sim.settle();
+        assert_eq!((sim.canary_weight(), sim.status.phase), (10, Phase::Paused));
+        assert_eq!(sim.status.analysis, None);
+        sim.spec.analysis = Some(analysis());
+        sim.step();
+        let a = sim.status.analysis.clone().unwrap();
+        assert_eq!((a.since, a.weight_set_at), (Some(sim.now), Some(sim.now)));
+        // The pause ends, but 50 % waits for a check at 10 %.
+        sim.advance(5);
+        sim.settle();
+        assert_eq!(sim.canary_weight(), 10);
+        assert_eq!(sim.status.reason(), "WaitingForAnalysis");
+        sim.advance(15);
+        check(&mut sim, Verdict::Fail, 10);
+        sim.settle();
+        assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::RolledBack, 0));
+    }
+
+    /// Only a check whose whole window lies after the weight was set raises the weight or promotes.
+    #[test]
+    fn the_gate_needs_a_whole_window_at_the_weight() {
+        let cases = [
+            // (seconds after the weight was set, window seconds, raises)
+            (5, 60, false),
+            (59, 60, false),
+            (60, 60, false),
+            (61, 60, true),
+            (90, 60, true),
+            (31, 30, true),
+            (31, 31, false),
+        ];
+        for (after, window, raises) in cases {
+            let mut sim = Sim::new();
+            sim.spec.steps = vec![w(10), w(50), w(100)];
+            sim.spec.analysis = Some(analysis());
+            sim.settle();
+            assert_eq!(sim.canary_weight(), 10);
+            sim.advance(after);
+            check(&mut sim, Verdict::Pass, window);
+            sim.settle();
+            let want = if raises { 50 } else { 10 };
+            assert_eq!(sim.canary_weight(), want, "check {after}s after over {window}s");
+        }
+        // Promotion too: at 100 % a check straddling the change does not promote.
+        let mut sim = Sim::new();
+        sim.spec.steps = vec![w(100)];
+        sim.spec.analysis = Some(analysis());
+        sim.settle();
+        assert_eq!(sim.canary_weight(), 100);
+        sim.advance(60);
+        check(&mut sim, Verdict::Pass, 60);
+        sim.settle();
+        assert_ne!(sim.status.phase, Phase::Succeeded);
+        sim.advance(1);
+        check(&mut sim, Verdict::Pass, 60);
+        sim.settle();
+        assert_eq!(sim.status.phase, Phase::Succeeded);
+    }
+
+    /// A problem that is not the canary's holds the weights, but abort, analysis rollback and the
+    /// progress deadline still work, and a promotion is refused.
+    #[test]
+    fn other_problems_hold_but_abort_rollback_and_deadline_work() {
+        // Holds.
+        let mut sim = at_fifty();
+        sim.obs.problems = vec![problem("AmbiguousHpa")];
+        sim.advance(5);
+        let p = sim.step();
+        assert!(weight_actions(&p).is_empty(), "{:?}", p.actions);
+        assert_eq!(
+            (sim.status.phase, sim.canary_weight(), sim.status.step),
+            (Phase::Invalid, 50, Some(2))
+        );
+        assert!(
+            sim.status
+                .message
+                .as_deref()
+                .unwrap_or("")
+                .contains("holding canary v2 at 50%")
+        );
+        // Promote is refused and said so.
+        sim.obs.command = cmd("p", CommandKind::PromoteFull);
+        let p = sim.step();
+        assert!(weight_actions(&p).is_empty());
+        assert_eq!(events(&p, "CommandIgnored").len(), 1, "{:?}", p.actions);
+        assert_eq!(sim.canary_weight(), 50);
+        // Abort works.
+        sim.obs.command = cmd("a", CommandKind::Abort);
+        sim.settle();
+        assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::Aborted, 0));
+
+        // An analysis breach rolls back.
+        let mut sim = at_fifty();
+        sim.spec.analysis = Some(analysis());
+        sim.step();
+        sim.obs.problems = vec![problem("AmbiguousHpa")];
+        sim.advance(20);
+        check(&mut sim, Verdict::Fail, 10);
+        sim.settle();
+        assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::RolledBack, 0));
+        assert_eq!(sim.history_reason(), "AnalysisFailed");
+
+        // The progress deadline (60 s) counts from when the problem appeared.
+        let mut sim = at_fifty();
+        sim.advance(100);
+        sim.obs.problems = vec![problem("DestinationRuleHostMismatch")];
+        sim.settle();
+        assert_eq!(sim.status.phase, Phase::Invalid);
+        sim.advance(59);
+        sim.settle();
+        assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::Invalid, 50));
+        sim.advance(1);
+        sim.settle();
+        assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::RolledBack, 0));
+        assert_eq!(sim.history_reason(), "ProgressDeadlineExceeded");
+        assert!(
+            sim.status
+                .message
+                .as_deref()
+                .unwrap_or("")
+                .contains("DestinationRuleHostMismatch message")
+        );
+
+        // Fixed in time: the rollout goes on where it was.
+        let mut sim = at_fifty();
+        sim.obs.problems = vec![problem("AmbiguousHpa")];
+        sim.settle();
+        sim.obs.problems.clear();
+        sim.obs.command = cmd("p", CommandKind::Promote);
+        sim.settle();
+        assert_eq!(sim.status.phase, Phase::Succeeded);
+    }
+
+    /// A canary problem before it has traffic is only reported (the rollout has not begun).
+    #[test]
+    fn canary_problems_before_traffic_only_hold() {
+        let mut sim = Sim::new();
+        sim.obs.canary = unready("h1");
+        sim.settle();
+        assert_eq!(sim.status.reason(), "WaitingForCanary");
+        sim.obs.canary_problems = vec![problem("SubsetSelectsNoPods")];
+        let p = sim.settle();
+        assert!(weight_actions(&p).is_empty(), "{:?}", p.actions);
+        assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::Invalid, 0));
+        // Before any rollout, a problem is a plain Invalid.
+        let mut sim = Sim::new();
+        sim.obs.canary_problems = vec![problem("SubsetNotFound")];
+        sim.settle();
+        assert_eq!((sim.status.phase, sim.status.canary.clone()), (Phase::Invalid, None));
+    }
+
+    /// A policy recreated after a promotion whose old stable was scaled to zero: no traffic goes to it.
+    #[test]
+    fn no_traffic_moves_to_a_stable_without_ready_pods() {
+        let mut sim = Sim::new();
+        sim.obs.routes = routes(&[("v1", 0), ("v2", 100)]);
+        sim.obs.stable = Some(DeploymentState {
+            template_hash: "s1".into(),
+            generation_observed: true,
+            ready_replicas: 0,
+        });
+        let mut warned = false;
+        for _ in 0..5 {
+            let p = sim.step();
+            assert!(weight_actions(&p).is_empty(), "{:?}", p.actions);
+            warned |= events(&p, "StableNotReady")
+                .iter()
+                .any(|(t, m)| *t == EventType::Warning && m.contains("app-v1"));
+        }
+        assert!(warned);
+        assert_eq!(sim.status.reason(), "StableNotReady");
+        assert_eq!(sim.obs.routes[0].get("v2"), Some(&100));
+        // Stable has pods again: the rollout begins.
+        sim.obs.stable = ready("s1");
+        sim.settle();
+        assert_eq!(sim.canary_weight(), 10);
+    }
+
+    /// Rolling back to a stable with no Ready pods would be a certain outage: the rollback is recorded
+    /// and said loudly, and the traffic moves once stable has Ready pods.
+    #[test]
+    fn a_rollback_waits_for_a_stable_with_ready_pods() {
+        let mut sim = at_fifty();
+        sim.obs.stable = Some(DeploymentState {
+            template_hash: "s1".into(),
+            generation_observed: true,
+            ready_replicas: 0,
+        });
+        sim.obs.command = cmd("a", CommandKind::Abort);
+        let mut warned = false;
+        for _ in 0..4 {
+            let p = sim.step();
+            assert!(weight_actions(&p).is_empty(), "{:?}", p.actions);
+            warned |= events(&p, "StableNotReady")
+                .iter()
+                .any(|(t, _)| *t == EventType::Warning);
+        }
+        assert!(warned);
+        assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::RollingBack, 50));
+        assert!(sim.status.message.as_deref().unwrap_or("").contains("certain outage"));
+        sim.obs.stable = ready("s1");
+        let p = sim.settle();
+        assert_eq!(weight_actions(&p), vec![set("v1", "v2", 0)]);
+        assert_eq!(sim.status.phase, Phase::Aborted);
+    }
+
+    /// Steps shortened under a rollout end with the canary at 100 %, through the same gates.
+    #[test]
+    fn shortened_steps_end_at_one_hundred_percent() {
+        let mut sim = at_fifty();
+        sim.spec.steps = vec![w(10), w(100)];
+        let p = sim.step();
+        assert_eq!(weight_actions(&p), vec![set("v1", "v2", 100)]);
+        assert_ne!(sim.status.phase, Phase::Succeeded);
+        sim.settle();
+        assert_eq!(
+            (sim.status.phase, sim.obs.routes[0].get("v2")),
+            (Phase::Succeeded, Some(&100))
+        );
+
+        // With analysis: 100 % waits for a check at 50 %, success for one at 100 %.
+        let mut sim = at_fifty();
+        sim.spec.analysis = Some(analysis());
+        sim.step();
+        sim.spec.steps = vec![w(10), w(100)];
+        sim.settle();
+        assert_eq!(
+            (sim.canary_weight(), sim.status.reason()),
+            (50, "WaitingForAnalysis".into())
+        );
+        sim.advance(11);
+        check(&mut sim, Verdict::Pass, 10);
+        sim.settle();
+        assert_eq!((sim.canary_weight(), sim.status.phase), (100, Phase::Progressing));
+        sim.advance(11);
+        check(&mut sim, Verdict::Pass, 10);
+        sim.settle();
+        assert_eq!(sim.status.phase, Phase::Succeeded);
+
+        // And an unready canary is not given 100 %.
+        let mut sim = at_fifty();
+        sim.spec.steps = vec![w(10), w(100)];
+        sim.obs.canary = Some(DeploymentState {
+            template_hash: "h1".into(),
+            generation_observed: false,
+            ready_replicas: 1,
+        });
+        sim.settle();
+        assert_eq!(
+            (sim.canary_weight(), sim.status.reason()),
+            (50, "WaitingForCanary".into())
+        );
+    }
+
+    impl Sim {
+        fn history_reason(&self) -> String {
+            self.status.reason()
+        }
+    }
+
+    impl RolloutPolicyStatus {
+        fn reason(&self) -> String {
+            self.history.last().map(|t| t.reason.clone()).unwrap_or_default()
+        }
     }
 }

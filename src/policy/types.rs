@@ -242,6 +242,10 @@ pub struct RolloutPolicyStatus {
     /// Paused by `canaryd pause` until `canaryd resume`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// `canaryd promote --full` was asked: to 100 % without the remaining steps, pauses or analysis
+    /// gate, once the canary has the Ready replicas for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promote_full: bool,
     /// The id of the last command handled, so that each command acts once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_command_id: Option<String>,
