@@ -48,9 +48,10 @@ struct Election {
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: Duration,
     /// The leader stops writing (and exits) when it could not renew the Lease for this long;
-    /// shorter than --lease-duration, so it has stopped before a standby can take over.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    renew_deadline: Duration,
+    /// shorter than --lease-duration, so it has stopped before a standby can take over
+    /// (default: two thirds of the lease duration).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    renew_deadline: Option<Duration>,
 }
 
 #[derive(Subcommand)]
@@ -270,7 +271,7 @@ async fn run(
                 name: election.lease_name.clone(),
                 identity: identity.clone(),
                 lease_duration: election.lease_duration,
-                renew_deadline: election.renew_deadline,
+                renew_deadline: election.renew_deadline.unwrap_or(election.lease_duration * 2 / 3),
             },
         )?;
         health.set_role(Role::Standby);

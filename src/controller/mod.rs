@@ -336,3 +336,41 @@ impl RolloutPolicy {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(progress_deadline: &str) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "canaryd.io/v1alpha1", "kind": "RolloutPolicy",
+            "metadata": {"name": "p", "namespace": "dev", "resourceVersion": "1"},
+            "spec": {
+                "service": "app", "virtualServices": [{"name": "app"}], "destinationRule": "app",
+                "stable": {"subset": "v1", "deployment": "app-v1"},
+                "steps": [{"weight": 100}], "progressDeadline": progress_deadline,
+            },
+            "status": {"phase": "Progressing"},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn decode_names_the_field_that_keeps_a_policy_unreadable() {
+        let good = decode(&object("10m")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(good.spec.progress_deadline, Duration::from_secs(600));
+        assert_eq!(good.status.map(|s| s.phase), Some(Phase::Progressing));
+        let bad = decode(&object("99999999999999999999s")).err();
+        assert!(
+            bad.as_ref().is_some_and(|e| e.field == "spec.progressDeadline"),
+            "{bad:?}"
+        );
+    }
+
+    #[test]
+    fn deployments_are_matched_on_the_raw_object() {
+        let p = object("10m");
+        assert!(names_deployment(&p, "app-v1"));
+        assert!(!names_deployment(&p, "app-v2"));
+    }
+}
