@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use kube::runtime::watcher;
 
 use crate::metrics::Metrics;
 
@@ -73,9 +74,13 @@ impl Health {
         }
     }
 
-    /// A watch stream yielded an item: `ok` false for an error.
-    pub fn watch_item(&self, kind: &'static str, ok: bool) {
-        self.watch_item_at(kind, ok, Instant::now());
+    /// A watch stream yielded an item. `Init` only announces a (re)list, which may fail: it is
+    /// neither a success nor a failure.
+    pub fn watch_item<K>(&self, kind: &'static str, item: &Result<watcher::Event<K>, watcher::Error>) {
+        match item {
+            Ok(watcher::Event::Init) => {}
+            other => self.watch_item_at(kind, other.is_ok(), Instant::now()),
+        }
     }
 
     fn watch_item_at(&self, kind: &'static str, ok: bool, now: Instant) {

@@ -253,15 +253,6 @@ async fn run(
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     // A standby fills its caches too: it is ready, and takes over without a cold start.
     let caches = Caches::start(&client, namespace.as_deref(), &health);
-    tokio::spawn({
-        let (caches, health) = (caches.clone(), health.clone());
-        async move {
-            if caches.ready().await.is_ok() {
-                tracing::info!("object caches synced");
-                health.set_synced();
-            }
-        }
-    });
     let result = if election.leader_elect {
         let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("canaryd-{}", std::process::id()));
         let elector = Elector::new(

@@ -33,6 +33,8 @@ pub struct Caches {
     pub destination_rules: Store<DynamicObject>,
     vs_resource: ApiResource,
     dr_resource: ApiResource,
+    /// True once every store had its first list. (A store's own readiness wakes only one waiter.)
+    synced: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Keep a reflector store of `api` filled for the daemon's lifetime; every watch item (also the
@@ -46,7 +48,7 @@ where
     let reader = writer.as_reader();
     let watch = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
-        .inspect(move |item| health.watch_item(kind, item.is_ok()));
+        .inspect(move |item| health.watch_item(kind, item));
     let stream = reflector::reflector(writer, watch).touched_objects();
     tokio::spawn(stream.for_each(|event| async move {
         if let Err(e) = event {
@@ -72,7 +74,8 @@ impl Caches {
         let vs_resource = virtual_service_resource();
         let dr_resource = destination_rule_resource();
         let h = || health.clone();
-        Caches {
+        let (synced_tx, synced) = tokio::sync::watch::channel(false);
+        let caches = Caches {
             services: spawn(api::<Service>(client, namespace), (), "services", h()),
             deployments: spawn(api::<Deployment>(client, namespace), (), "deployments", h()),
             hpas: spawn(
@@ -95,11 +98,14 @@ impl Caches {
             ),
             vs_resource,
             dr_resource,
-        }
+            synced,
+        };
+        tokio::spawn(caches.clone().announce_sync(synced_tx, health.clone()));
+        caches
     }
 
-    /// Wait for the first list of every kind, saying every minute what is still missing.
-    pub async fn ready(&self) -> Result<()> {
+    /// The only waiter on the stores' readiness: tells `health` and every [`Caches::ready`].
+    async fn announce_sync(self, synced: tokio::sync::watch::Sender<bool>, health: Arc<Health>) {
         let ready = async {
             self.services.wait_until_ready().await?;
             self.deployments.wait_until_ready().await?;
@@ -110,13 +116,31 @@ impl Caches {
         tokio::pin!(ready);
         loop {
             match tokio::time::timeout(READY_TIMEOUT, &mut ready).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) => return Err(Error::Cache(format!("object caches: {e}"))),
+                Ok(Ok(())) => {
+                    tracing::info!("object caches synced");
+                    health.set_synced();
+                    let _ = synced.send(true);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "object caches stopped");
+                    return;
+                }
                 Err(_) => tracing::error!(
                     "the object caches did not fill within {READY_TIMEOUT:?}: check RBAC (list/watch) and that Istio's CRDs are installed; still waiting"
                 ),
             }
         }
+    }
+
+    /// Wait until every store had its first list.
+    pub async fn ready(&self) -> Result<()> {
+        let mut synced = self.synced.clone();
+        synced
+            .wait_for(|s| *s)
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::Cache("the object caches stopped before they synced".into()))
     }
 
     pub fn service(&self, ns: &str, name: &str) -> Option<std::sync::Arc<Service>> {

@@ -96,7 +96,7 @@ pub async fn run(
         writer,
         watcher(policies, watcher::Config::default().any_semantic())
             .default_backoff()
-            .inspect(move |item| watch_health.watch_item("rolloutpolicies", item.is_ok())),
+            .inspect(move |item| watch_health.watch_item("rolloutpolicies", item)),
     )
     .applied_objects();
     // With no policy there is nothing to reconcile: the loop is idle, not stuck.
