@@ -22,6 +22,9 @@ pub enum Error {
     Lease(String),
     #[error("{0}")]
     Cache(String),
+    /// The renew deadline of the Lease passed: this replica must not write.
+    #[error("not the leader (the lease was not renewed within the renew deadline); write skipped")]
+    NotLeader,
 }
 
 impl Error {
@@ -39,6 +42,7 @@ impl Error {
             Error::Scale(e) => e.category(),
             Error::Lease(_) => "lease",
             Error::Cache(_) => "cache",
+            Error::NotLeader => "not_leader",
         }
     }
 }

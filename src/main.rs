@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use canaryd::cli::{self, status, validate};
-use canaryd::controller::leader;
+use canaryd::controller::cache::Caches;
+use canaryd::controller::leader::{self, Elector, LeaderGuard};
 use canaryd::gates::commands::CommandKind;
+use canaryd::http::{Health, Role};
 use canaryd::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
 
@@ -45,6 +47,11 @@ struct Election {
     /// How long a Lease lasts without renewal: a standby takes over after at most this.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: Duration,
+    /// The leader stops writing (and exits) when it could not renew the Lease for this long;
+    /// shorter than --lease-duration, so it has stopped before a standby can take over
+    /// (default: two thirds of the lease duration).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    renew_deadline: Option<Duration>,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +66,9 @@ enum Command {
         /// Watch RolloutPolicies in this namespace only (default: all).
         #[arg(long, env = "CANARYD_NAMESPACE")]
         namespace: Option<String>,
+        /// /healthz fails when a watch has failed, or a reconcile has run, for longer than this.
+        #[arg(long, default_value = "2m", env = "CANARYD_STUCK_TIMEOUT", value_parser = humantime::parse_duration)]
+        stuck_timeout: Duration,
         #[command(flatten)]
         election: Election,
     },
@@ -139,9 +149,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             namespace,
             election,
+            stuck_timeout,
             ..
         } => {
-            return run(listen, namespace, election).await.map(|_| ExitCode::SUCCESS);
+            return run(listen, namespace, election, stuck_timeout)
+                .await
+                .map(|_| ExitCode::SUCCESS);
         }
         Command::Crd => {
             print!("{}", canaryd::policy::crd_yaml()?);
@@ -220,9 +233,15 @@ fn validate_cmd(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn run(listen: SocketAddr, namespace: Option<String>, election: Election) -> anyhow::Result<()> {
+async fn run(
+    listen: SocketAddr,
+    namespace: Option<String>,
+    election: Election,
+    stuck_timeout: Duration,
+) -> anyhow::Result<()> {
     let client = client().await?;
     let metrics = Arc::new(canaryd::metrics::Metrics::default());
+    let health = Arc::new(Health::new(stuck_timeout));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -230,28 +249,54 @@ async fn run(listen: SocketAddr, namespace: Option<String>, election: Election) 
     tracing::info!(%addr, "serving /metrics /healthz /readyz");
     // First line on stdout: where to scrape (scripts and tests read it when --listen ends in :0).
     println!("listening on {addr}");
-    let app = canaryd::http::router(metrics.clone());
+    let app = canaryd::http::router(metrics.clone(), health.clone());
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    // A standby fills its caches too: it is ready, and takes over without a cold start.
+    let caches = Caches::start(&client, namespace.as_deref(), &health);
     let result = if election.leader_elect {
         let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("canaryd-{}", std::process::id()));
-        tracing::info!(lease = %election.lease_name, %identity, "waiting for the lease");
-        let leading = leader::acquire(
+        let elector = Elector::new(
             client.clone(),
-            &election.lease_namespace,
-            &election.lease_name,
-            &identity,
-            election.lease_duration,
-        )
-        .await?;
+            leader::Election {
+                namespace: election.lease_namespace.clone(),
+                name: election.lease_name.clone(),
+                identity: identity.clone(),
+                lease_duration: election.lease_duration,
+                renew_deadline: election.renew_deadline.unwrap_or(election.lease_duration * 2 / 3),
+            },
+        )?;
+        health.set_role(Role::Standby);
+        tracing::info!(lease = %election.lease_name, %identity, "waiting for the lease");
+        elector.acquire().await?;
+        health.set_role(Role::Leader);
         tracing::info!(lease = %election.lease_name, %identity, "leading");
-        tokio::select! {
-            done = canaryd::controller::run(client, metrics, namespace.as_deref()) => done.map_err(anyhow::Error::from),
-            () = leader::lost(leading) => Err(anyhow::anyhow!("lost the lease; exiting so that only one daemon writes")),
+        let controller = canaryd::controller::run(
+            client,
+            metrics,
+            namespace.as_deref(),
+            caches,
+            elector.guard(),
+            health.clone(),
+        );
+        let result = tokio::select! {
+            done = controller => done.map_err(anyhow::Error::from),
+            () = elector.hold() => Err(anyhow::anyhow!("lost the lease; exiting so that only one daemon writes")),
+        };
+        if result.is_ok() {
+            elector.release().await;
         }
+        result
     } else {
-        canaryd::controller::run(client, metrics, namespace.as_deref())
-            .await
-            .map_err(anyhow::Error::from)
+        canaryd::controller::run(
+            client,
+            metrics,
+            namespace.as_deref(),
+            caches,
+            LeaderGuard::unelected(),
+            health,
+        )
+        .await
+        .map_err(anyhow::Error::from)
     };
     server.abort();
     result

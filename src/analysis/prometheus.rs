@@ -55,6 +55,13 @@ pub enum PromError {
     /// The CA bundle is unusable, or the TLS client cannot be set up.
     #[error("TLS setup for Prometheus: {0}")]
     Tls(String),
+    /// The answer was longer than [`MAX_ANSWER_BYTES`]; reading stopped there.
+    #[error("Prometheus' answer is larger than {0} bytes; the query must select fewer series")]
+    TooLarge(usize),
+    #[error(
+        "Prometheus answered {code} redirecting to {location:?}; redirects are not followed: use the final address"
+    )]
+    Redirect { code: u16, location: String },
 }
 
 impl PromError {
@@ -67,12 +74,18 @@ impl PromError {
             PromError::BadResponse(_) => "bad_response",
             PromError::InvalidAddress(_) => "invalid_address",
             PromError::Tls(_) => "tls",
+            PromError::TooLarge(_) => "too_large",
+            PromError::Redirect { .. } => "redirect",
         }
     }
 }
 
 /// Longest error body kept, in characters: enough for Prometheus' message, bounded for status.
 const BODY_LIMIT: usize = 200;
+
+/// Longest answer read: a canary's checks select a few series; one huge answer must not exhaust
+/// the daemon's memory. A slow answer is bounded by the query timeout (body included).
+pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct PromClient {
@@ -94,6 +107,8 @@ impl PromClient {
         let endpoint = endpoint(address)?;
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("canaryd/", env!("CARGO_PKG_VERSION")))
+            // A redirect could lead credentials elsewhere; the address must be the final one.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout);
         if let Some(pem) = ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
@@ -134,7 +149,18 @@ impl PromClient {
         };
         let response = request.send().await.map_err(|e| self.transport(e))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| self.transport(e))?;
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or_default();
+            return Err(PromError::Redirect {
+                code: status.as_u16(),
+                location: truncate(location.to_string(), BODY_LIMIT),
+            });
+        }
+        let body = self.read_capped(response, MAX_ANSWER_BYTES).await?;
         if !status.is_success() {
             return Err(PromError::Status {
                 code: status.as_u16(),
@@ -142,6 +168,21 @@ impl PromClient {
             });
         }
         parse_response(&body)
+    }
+
+    /// The body, or TooLarge as soon as it passes `max` bytes (announced or read).
+    async fn read_capped(&self, mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, PromError> {
+        if response.content_length().is_some_and(|n| n > max as u64) {
+            return Err(PromError::TooLarge(max));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(e))? {
+            if body.len() + chunk.len() > max {
+                return Err(PromError::TooLarge(max));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     fn transport(&self, e: reqwest::Error) -> PromError {
@@ -535,5 +576,120 @@ mod tests {
                 other => panic!("{:?}: {other:?}", String::from_utf8_lossy(pem)),
             }
         }
+    }
+
+    /// A one-connection-at-a-time HTTP server on loopback: reads a request, then runs `answer` on
+    /// the socket. Counts the requests it got.
+    async fn serve<F, Fut>(answer: F) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>)
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(answer(socket));
+            }
+        });
+        (address, hits)
+    }
+
+    const OK_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n";
+
+    #[tokio::test]
+    async fn huge_redirecting_and_slow_answers_are_provider_errors() {
+        use tokio::io::AsyncWriteExt;
+        let timeout = Duration::from_secs(2);
+        let client = |address: &str| PromClient::new(address, None, None, timeout).unwrap();
+
+        // Huge, without a length: reading stops at the cap.
+        let (huge, _) = serve(|mut socket| async move {
+            let _ = socket.write_all(OK_HEAD).await;
+            let _ = socket
+                .write_all(br#"{"status":"success","data":{"resultType":"vector","result":["#)
+                .await;
+            let chunk = vec![b' '; 64 * 1024];
+            for _ in 0..(2 * MAX_ANSWER_BYTES / chunk.len()) {
+                if socket.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            client(&huge).query("up").await,
+            Err(PromError::TooLarge(MAX_ANSWER_BYTES))
+        );
+
+        // Huge, announced: refused before reading.
+        let (announced, _) = serve(|mut socket| async move {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n";
+            let _ = socket.write_all(head.as_bytes()).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        })
+        .await;
+        assert_eq!(
+            client(&announced).query("up").await,
+            Err(PromError::TooLarge(MAX_ANSWER_BYTES))
+        );
+
+        // A redirect is not followed: the target never gets a request.
+        let (target, target_hits) = serve(|mut socket| async move {
+            let _ = socket.write_all(OK_HEAD).await;
+            let _ = socket
+                .write_all(br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#)
+                .await;
+        })
+        .await;
+        let location = format!("{target}/api/v1/query?query=up");
+        let (redirecting, _) = serve(move |mut socket| {
+            let location = location.clone();
+            async move {
+                let head = format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n");
+                let _ = socket.write_all(head.as_bytes()).await;
+            }
+        })
+        .await;
+        match client(&redirecting).query("up").await {
+            Err(e @ PromError::Redirect { code: 302, .. }) => assert!(e.to_string().contains("not followed"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            target_hits.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the redirect was followed"
+        );
+
+        // Slow: a body that trickles in is cut at the query timeout.
+        let (slow, _) = serve(|mut socket| async move {
+            let _ = socket.write_all(OK_HEAD).await;
+            for _ in 0..1000 {
+                if socket.write_all(b" ").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        let started = std::time::Instant::now();
+        assert_eq!(client(&slow).query("up").await, Err(PromError::Timeout(timeout)));
+        assert!(
+            started.elapsed() < timeout + Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

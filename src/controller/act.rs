@@ -17,6 +17,7 @@ pub async fn carry_out(policy: &RolloutPolicy, ctx: &Context, actions: &[Action]
     let ns = policy.namespace().unwrap_or_default();
     let fqdn = policy.spec.service_fqdn(&ns);
     for action in actions {
+        ctx.leader.check()?;
         match action {
             Action::SetWeights {
                 stable,
@@ -91,6 +92,7 @@ pub async fn carry_out(policy: &RolloutPolicy, ctx: &Context, actions: &[Action]
 /// Replace the status subresource, conditional on the resourceVersion we read: a concurrent change
 /// (a command, a spec edit) makes this fail, and the next reconcile starts from the fresh object.
 pub async fn write_status(policy: &RolloutPolicy, ctx: &Context, status: &RolloutPolicyStatus) -> Result<()> {
+    ctx.leader.check()?;
     let ns = policy.namespace().unwrap_or_default();
     let api: Api<RolloutPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let mut updated = policy.clone();

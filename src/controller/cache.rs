@@ -3,6 +3,7 @@
 
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,9 +17,10 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::http::Health;
 use crate::mesh::istio::{destination_rule_resource, virtual_service_resource};
 
-/// How long the first list of every kind may take before the daemon gives up (RBAC, missing CRD).
+/// How often the daemon says why its caches have not filled yet (RBAC, missing CRD).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
@@ -31,19 +33,23 @@ pub struct Caches {
     pub destination_rules: Store<DynamicObject>,
     vs_resource: ApiResource,
     dr_resource: ApiResource,
+    /// True once every store had its first list. (A store's own readiness wakes only one waiter.)
+    synced: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Keep a reflector store of `api` filled for the daemon's lifetime.
-fn spawn<K>(api: Api<K>, dyntype: K::DynamicType) -> Store<K>
+/// Keep a reflector store of `api` filled for the daemon's lifetime; every watch item (also the
+/// lists and relists that touch no object) reports to `health` under `kind`.
+fn spawn<K>(api: Api<K>, dyntype: K::DynamicType, kind: &'static str, health: Arc<Health>) -> Store<K>
 where
     K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
     let writer = Writer::new(dyntype);
     let reader = writer.as_reader();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default().any_semantic()))
+    let watch = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
-        .touched_objects();
+        .inspect(move |item| health.watch_item(kind, item));
+    let stream = reflector::reflector(writer, watch).touched_objects();
     tokio::spawn(stream.for_each(|event| async move {
         if let Err(e) = event {
             tracing::warn!(error = %e, "cache watch error; retrying");
@@ -53,8 +59,9 @@ where
 }
 
 impl Caches {
-    /// Start the watches (policy-side kinds in `namespace`, or everywhere) and wait for their first list.
-    pub async fn start(client: &Client, namespace: Option<&str>) -> Result<Self> {
+    /// Start the watches (policy-side kinds in `namespace`, or everywhere); [`Caches::ready`] waits
+    /// for their first list.
+    pub fn start(client: &Client, namespace: Option<&str>, health: &Arc<Health>) -> Self {
         fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(
             client: &Client,
             namespace: Option<&str>,
@@ -66,28 +73,74 @@ impl Caches {
         }
         let vs_resource = virtual_service_resource();
         let dr_resource = destination_rule_resource();
+        let h = || health.clone();
+        let (synced_tx, synced) = tokio::sync::watch::channel(false);
         let caches = Caches {
-            services: spawn(api::<Service>(client, namespace), ()),
-            deployments: spawn(api::<Deployment>(client, namespace), ()),
-            hpas: spawn(api::<HorizontalPodAutoscaler>(client, namespace), ()),
-            virtual_services: spawn(Api::all_with(client.clone(), &vs_resource), vs_resource.clone()),
-            destination_rules: spawn(Api::all_with(client.clone(), &dr_resource), dr_resource.clone()),
+            services: spawn(api::<Service>(client, namespace), (), "services", h()),
+            deployments: spawn(api::<Deployment>(client, namespace), (), "deployments", h()),
+            hpas: spawn(
+                api::<HorizontalPodAutoscaler>(client, namespace),
+                (),
+                "horizontalpodautoscalers",
+                h(),
+            ),
+            virtual_services: spawn(
+                Api::all_with(client.clone(), &vs_resource),
+                vs_resource.clone(),
+                "virtualservices",
+                h(),
+            ),
+            destination_rules: spawn(
+                Api::all_with(client.clone(), &dr_resource),
+                dr_resource.clone(),
+                "destinationrules",
+                h(),
+            ),
             vs_resource,
             dr_resource,
+            synced,
         };
+        tokio::spawn(caches.clone().announce_sync(synced_tx, health.clone()));
+        caches
+    }
+
+    /// The only waiter on the stores' readiness: tells `health` and every [`Caches::ready`].
+    async fn announce_sync(self, synced: tokio::sync::watch::Sender<bool>, health: Arc<Health>) {
         let ready = async {
-            caches.services.wait_until_ready().await?;
-            caches.deployments.wait_until_ready().await?;
-            caches.hpas.wait_until_ready().await?;
-            caches.virtual_services.wait_until_ready().await?;
-            caches.destination_rules.wait_until_ready().await
+            self.services.wait_until_ready().await?;
+            self.deployments.wait_until_ready().await?;
+            self.hpas.wait_until_ready().await?;
+            self.virtual_services.wait_until_ready().await?;
+            self.destination_rules.wait_until_ready().await
         };
-        match tokio::time::timeout(READY_TIMEOUT, ready).await {
-            Ok(Ok(())) => Ok(caches),
-            _ => Err(Error::Cache(format!(
-                "the object caches did not fill within {READY_TIMEOUT:?}: check RBAC (list/watch) and that Istio's CRDs are installed"
-            ))),
+        tokio::pin!(ready);
+        loop {
+            match tokio::time::timeout(READY_TIMEOUT, &mut ready).await {
+                Ok(Ok(())) => {
+                    tracing::info!("object caches synced");
+                    health.set_synced();
+                    let _ = synced.send(true);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "object caches stopped");
+                    return;
+                }
+                Err(_) => tracing::error!(
+                    "the object caches did not fill within {READY_TIMEOUT:?}: check RBAC (list/watch) and that Istio's CRDs are installed; still waiting"
+                ),
+            }
         }
+    }
+
+    /// Wait until every store had its first list.
+    pub async fn ready(&self) -> Result<()> {
+        let mut synced = self.synced.clone();
+        synced
+            .wait_for(|s| *s)
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::Cache("the object caches stopped before they synced".into()))
     }
 
     pub fn service(&self, ns: &str, name: &str) -> Option<std::sync::Arc<Service>> {

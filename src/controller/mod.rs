@@ -13,23 +13,25 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Error as FinalizerError, Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::runtime::reflector::{self, ObjectRef, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::{Value, json};
 use tracing::{Instrument, info_span, warn};
 
 use crate::analysis::engine::{Engine, Key};
 use crate::error::{Error, Result};
+use crate::http::{Health, RESYNC};
 use crate::metrics::Metrics;
 use crate::plan::plan;
 use crate::policy::types::Phase;
 use crate::policy::types::RolloutPolicy;
+use leader::LeaderGuard;
 
-/// Look again this often even when nothing changes: catches drift in objects we do not watch.
-const RESYNC: Duration = Duration::from_secs(30);
 const ERROR_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct Context {
@@ -38,14 +40,36 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub engine: Arc<Engine>,
+    /// Checked before every write: false once this replica may have lost the Lease.
+    pub leader: LeaderGuard,
+    pub health: Arc<Health>,
+    policy_resource: ApiResource,
 }
 
-/// Run the controller until SIGTERM/SIGINT, over all namespaces or just one.
-pub async fn run(client: Client, metrics: Arc<Metrics>, namespace: Option<&str>) -> Result<()> {
-    let caches = cache::Caches::start(&client, namespace).await?;
-    let (policies, deployments): (Api<RolloutPolicy>, Api<Deployment>) = match namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+/// The RolloutPolicy kind, read as untyped objects: one policy that cannot be decoded must not
+/// fail the list (and so the watch) of all the others.
+fn policy_resource() -> ApiResource {
+    ApiResource::erase::<RolloutPolicy>(&())
+}
+
+/// Run the controller until SIGTERM/SIGINT, over all namespaces or just one, with `caches`
+/// started by [`cache::Caches::start`]; every write is checked against `leader`.
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    namespace: Option<&str>,
+    caches: cache::Caches,
+    leader: LeaderGuard,
+    health: Arc<Health>,
+) -> Result<()> {
+    caches.ready().await?;
+    let resource = policy_resource();
+    let (policies, deployments): (Api<DynamicObject>, Api<Deployment>) = match namespace {
+        Some(ns) => (
+            Api::namespaced_with(client.clone(), ns, &resource),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all_with(client.clone(), &resource), Api::all(client.clone())),
     };
     let reporter = Reporter {
         controller: "canaryd".into(),
@@ -61,9 +85,33 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, namespace: Option<&str>)
         recorder: Recorder::new(client, reporter),
         metrics,
         engine,
+        leader,
+        health: health.clone(),
+        policy_resource: resource.clone(),
     });
-    let controller = Controller::new(policies, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    let writer = Writer::new(resource.clone());
+    let store = writer.as_reader();
+    let watch_health = health.clone();
+    let policy_stream = reflector::reflector(
+        writer,
+        watcher(policies, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .inspect(move |item| watch_health.watch_item("rolloutpolicies", item)),
+    )
+    .applied_objects();
+    // With no policy there is nothing to reconcile: the loop is idle, not stuck.
+    let idle_store = store.clone();
+    let idle_health = health.clone();
+    tokio::spawn(async move {
+        loop {
+            if idle_store.is_empty() {
+                idle_health.loop_beat();
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    health.loop_beat();
+    let controller = Controller::for_stream_with(policy_stream, store.clone(), resource.clone());
     controller
         .watches(
             deployments,
@@ -76,11 +124,14 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, namespace: Option<&str>)
                     .state()
                     .into_iter()
                     .filter(|p| p.namespace() == ns && names_deployment(p, &name))
-                    .map(|p| ObjectRef::from_obj(&*p))
+                    .map(|p| ObjectRef::from_obj_with(&*p, resource.clone()))
                     .collect::<Vec<_>>()
             },
         )
-        .reconcile_on(woken.map(|(ns, name)| ObjectRef::new(&name).within(&ns)))
+        .reconcile_on(woken.map({
+            let resource = policy_resource();
+            move |(ns, name)| ObjectRef::new_with(&name, resource.clone()).within(&ns)
+        }))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -92,28 +143,72 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, namespace: Option<&str>)
     Ok(())
 }
 
-fn names_deployment(p: &RolloutPolicy, name: &str) -> bool {
-    p.spec.stable.deployment == name
-        || p.spec.canary.as_ref().is_some_and(|c| c.deployment == name)
-        || p.status
-            .as_ref()
-            .and_then(|s| s.stable.as_ref())
-            .is_some_and(|s| s.deployment == name)
+/// Read from the raw object, so that it works for a policy that cannot be decoded too.
+fn names_deployment(p: &DynamicObject, name: &str) -> bool {
+    [
+        "/spec/stable/deployment",
+        "/spec/canary/deployment",
+        "/status/stable/deployment",
+    ]
+    .iter()
+    .any(|path| p.data.pointer(path).and_then(Value::as_str) == Some(name))
+}
+
+/// Why a stored policy cannot be decoded, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// The typed policy, or the field that keeps it from being one.
+pub fn decode(obj: &DynamicObject) -> std::result::Result<RolloutPolicy, DecodeError> {
+    let value = serde_json::to_value(obj).map_err(|e| DecodeError {
+        field: ".".into(),
+        message: e.to_string(),
+    })?;
+    serde_path_to_error::deserialize::<_, RolloutPolicy>(value).map_err(|e| DecodeError {
+        field: e.path().to_string(),
+        message: e.inner().to_string(),
+    })
 }
 
 /// Removed only after the policy's changes are undone (traffic to stable, HPAs restored).
 pub const FINALIZER: &str = "canaryd.io/cleanup";
 
-async fn reconcile(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Result<Requeue> {
-    let ns = policy.namespace().unwrap_or_default();
-    let span = info_span!("reconcile", policy = %policy.name_any(), namespace = %ns);
+async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Requeue> {
+    let ns = obj.namespace().unwrap_or_default();
+    let span = info_span!("reconcile", policy = %obj.name_any(), namespace = %ns);
     async move {
+        let _running = ctx.health.reconcile_started();
         let started = std::time::Instant::now();
-        let api: Api<RolloutPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-        let result = finalizer(&api, FINALIZER, policy, |event| async {
+        // The finalizer helper patches the policy first (adding or removing the finalizer).
+        ctx.leader.check()?;
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ctx.policy_resource);
+        let result = finalizer(&api, FINALIZER, obj, |event| async {
             match event {
-                FinalizerEvent::Apply(p) => p.reconcile(&ctx).await,
-                FinalizerEvent::Cleanup(p) => p.cleanup(&ctx).await,
+                FinalizerEvent::Apply(o) => match decode(&o) {
+                    Ok(p) => p.reconcile(&ctx).await,
+                    Err(e) => report_undecodable(&o, &ctx, &e).await,
+                },
+                FinalizerEvent::Cleanup(o) => {
+                    let done = match decode(&o) {
+                        Ok(p) => p.cleanup(&ctx).await,
+                        Err(e) => {
+                            // Nothing it describes can be restored; do not keep it Terminating forever.
+                            warn!(error = %e, "deleting a policy that cannot be read: nothing restored");
+                            Ok(Requeue::await_change())
+                        }
+                    };
+                    ctx.leader.check()?;
+                    done
+                }
             }
         })
         .await
@@ -130,7 +225,68 @@ async fn reconcile(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Result<Requ
     .await
 }
 
-fn error_policy(policy: Arc<RolloutPolicy>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+/// A policy that cannot be decoded: phase Invalid with the field, one Warning Event; others go on.
+async fn report_undecodable(obj: &DynamicObject, ctx: &Context, e: &DecodeError) -> Result<Requeue> {
+    let message = format!("the policy cannot be read: {e}");
+    let status = obj.data.get("status");
+    let current = |key: &str| status.and_then(|s| s.get(key)).and_then(Value::as_str);
+    if current("phase") == Some(Phase::Invalid.as_str()) && current("message") == Some(message.as_str()) {
+        return Ok(Requeue::requeue(RESYNC));
+    }
+    warn!(error = %e, "policy cannot be read");
+    let now = serde_json::to_value(Timestamp::now())?;
+    let mut conditions: Vec<Value> = status
+        .and_then(|s| s.get("conditions"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("Ready"));
+    conditions.push(json!({
+        "type": "Ready", "status": "False", "reason": "InvalidSpec", "message": message,
+        "lastTransitionTime": now, "observedGeneration": obj.metadata.generation,
+    }));
+    let patch = json!({
+        "metadata": {"resourceVersion": obj.resource_version()},
+        "status": {
+            "phase": Phase::Invalid.as_str(),
+            "message": message,
+            "observedGeneration": obj.metadata.generation,
+            "conditions": conditions,
+        }
+    });
+    ctx.leader.check()?;
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        &obj.namespace().unwrap_or_default(),
+        &ctx.policy_resource,
+    );
+    match api
+        .patch_status(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => return Err(Error::Conflict(obj.name_any())),
+        Err(e) => return Err(e.into()),
+    }
+    ctx.leader.check()?;
+    let event = KubeEvent {
+        type_: KubeEventType::Warning,
+        reason: "InvalidSpec".into(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event, &obj.object_ref(&ctx.policy_resource))
+        .await
+    {
+        warn!(error = %e, "could not publish event");
+    }
+    Ok(Requeue::requeue(RESYNC))
+}
+
+fn error_policy(policy: Arc<DynamicObject>, error: &Error, _ctx: Arc<Context>) -> Requeue {
     match error {
         Error::Conflict(_) => Requeue::requeue(Duration::from_millis(100)),
         _ => {
@@ -180,5 +336,43 @@ impl RolloutPolicy {
             Some(d) => Requeue::requeue(d.min(RESYNC)),
             None => Requeue::requeue(RESYNC),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(progress_deadline: &str) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "canaryd.io/v1alpha1", "kind": "RolloutPolicy",
+            "metadata": {"name": "p", "namespace": "dev", "resourceVersion": "1"},
+            "spec": {
+                "service": "app", "virtualServices": [{"name": "app"}], "destinationRule": "app",
+                "stable": {"subset": "v1", "deployment": "app-v1"},
+                "steps": [{"weight": 100}], "progressDeadline": progress_deadline,
+            },
+            "status": {"phase": "Progressing"},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn decode_names_the_field_that_keeps_a_policy_unreadable() {
+        let good = decode(&object("10m")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(good.spec.progress_deadline, Duration::from_secs(600));
+        assert_eq!(good.status.map(|s| s.phase), Some(Phase::Progressing));
+        let bad = decode(&object("99999999999999999999s")).err();
+        assert!(
+            bad.as_ref().is_some_and(|e| e.field == "spec.progressDeadline"),
+            "{bad:?}"
+        );
+    }
+
+    #[test]
+    fn deployments_are_matched_on_the_raw_object() {
+        let p = object("10m");
+        assert!(names_deployment(&p, "app-v1"));
+        assert!(!names_deployment(&p, "app-v2"));
     }
 }

@@ -3,17 +3,37 @@
 
 use schemars::{Schema, SchemaGenerator, json_schema};
 
-/// humantime durations such as `30s`, `5m`, `1h 30m`.
-pub const DURATION_PATTERN: &str = r"^\s*([0-9]+\s*(ns|us|ms|s|m|h|d|w|nsec|usec|msec|sec|secs|second|seconds|min|mins|minute|minutes|hr|hrs|hour|hours|day|days|week|weeks)\s*)+$";
+/// humantime durations such as `30s`, `5m`, `1h 30m`. At most 4 parts of at most 9 digits each, so
+/// that every accepted value can be decoded (no overflow); the daemon's validation sets the maxima.
+pub const DURATION_PATTERN: &str = r"^\s*([0-9]{1,9}\s*(ns|us|ms|s|m|h|d|w|nsec|usec|msec|sec|secs|second|seconds|min|mins|minute|minutes|hr|hrs|hour|hours|day|days|week|weeks)\s*){1,4}$";
+
+/// Longest duration text the CRD accepts.
+pub const DURATION_MAX_LENGTH: u32 = 64;
 
 pub fn duration(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "string",
         "pattern": DURATION_PATTERN,
+        "maxLength": DURATION_MAX_LENGTH,
         "description": "A duration such as 30s, 5m or 1h 30m."
     })
 }
 
 pub fn optional_duration(generator: &mut SchemaGenerator) -> Schema {
     duration(generator)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The largest value the pattern accepts (4 parts of 9 digits, in weeks) still decodes.
+    #[test]
+    fn largest_accepted_duration_decodes() {
+        let largest = "999999999w 999999999w 999999999w 999999999w";
+        assert!(largest.len() <= DURATION_MAX_LENGTH as usize);
+        assert!(humantime::parse_duration(largest).is_ok());
+        assert!(humantime::parse_duration("99999999999999999999s").is_err());
+        assert!(DURATION_PATTERN.contains("[0-9]{1,9}") && DURATION_PATTERN.ends_with("{1,4}$"));
+    }
 }

@@ -30,7 +30,7 @@ pub struct RolloutPolicySpec {
     #[schemars(length(min = 1))]
     pub service: String,
     /// VirtualServices whose routes carry the Service's traffic; each may live in another namespace.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 32))]
     pub virtual_services: Vec<VirtualServiceRef>,
     /// The DestinationRule naming one subset per version; must live in the Service's namespace.
     #[schemars(length(min = 1))]
@@ -41,7 +41,7 @@ pub struct RolloutPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<VersionRef>,
     /// Weight changes and pauses, in order. The last weight must be 100.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 100))]
     pub steps: Vec<Step>,
     /// How long the canary may take to become Ready at a weight step before the rollout fails.
     #[serde(default = "default_progress_deadline", with = "humantime_serde")]
@@ -66,7 +66,7 @@ pub struct Scaling {
     pub enabled: bool,
     /// Spare capacity for the canary: replicas = ceil(stable replicas at start × weight / 100 × headroom).
     #[serde(default = "one_f64")]
-    #[schemars(range(min = 1.0))]
+    #[schemars(range(min = 1.0, max = 10.0))]
     pub headroom: f64,
     /// How long the old stable keeps running after promotion before it is scaled to zero.
     #[serde(default = "default_scale_down_delay", with = "humantime_serde")]
@@ -125,6 +125,7 @@ pub struct VirtualServiceRef {
     /// Names of the http routes to manage. Absent: every route without a `match` that sends traffic
     /// to the Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
     pub routes: Option<Vec<String>>,
 }
 
@@ -395,19 +396,20 @@ pub struct Analysis {
     pub start_after: Duration,
     /// Failed checks in a row that trigger rollback.
     #[serde(default = "one")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000))]
     pub failure_limit: u32,
     /// Fewer canary requests than this in the window: inconclusive, not failure.
     #[serde(default)]
+    #[schemars(range(max = 1_000_000_000))]
     pub min_requests: u64,
     /// Inconclusive checks in a row after which the rollout pauses for a human.
     #[serde(default = "ten")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000))]
     pub inconclusive_limit: u32,
     #[serde(default)]
     pub on_provider_error: OnProviderError,
     pub prometheus: PrometheusProvider,
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 50))]
     pub metrics: Vec<MetricCheck>,
 }
 
@@ -429,7 +431,7 @@ fn five() -> u32 {
 pub struct OnProviderError {
     /// Provider errors in a row before `action` is taken.
     #[serde(default = "five")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000))]
     pub after: u32,
     #[serde(default)]
     pub action: ProviderErrorAction,

@@ -125,6 +125,120 @@ pub fn validate_spec(spec: &RolloutPolicySpec) -> Vec<FieldError> {
     if spec.progress_deadline.is_zero() {
         errors.push(err("spec.progressDeadline", "must be greater than zero"));
     }
+    errors.extend(validate_bounds(spec));
+    errors
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Longest values that still make sense. Beyond them a value is refused, never clamped: a delay of
+/// 1000000w overflows a timestamp and would act at once.
+pub const MAX_PROGRESS_DEADLINE: Duration = Duration::from_secs(7 * 86_400);
+pub const MAX_PAUSE: Duration = Duration::from_secs(30 * 86_400);
+pub const MAX_SCALE_DOWN_DELAY: Duration = Duration::from_secs(30 * 86_400);
+pub const MAX_INTERVAL: Duration = HOUR;
+pub const MAX_START_AFTER: Duration = Duration::from_secs(7 * 86_400);
+pub const MAX_WINDOW: Duration = DAY;
+pub const MAX_QUERY_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+pub const MAX_HEADROOM: f64 = 10.0;
+pub const MAX_LIMIT: u32 = 1000;
+pub const MAX_MIN_REQUESTS: u64 = 1_000_000_000;
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn at_most(errors: &mut Vec<FieldError>, field: impl Into<String>, value: Duration, max: Duration) {
+    if value > max {
+        errors.push(err(
+            field,
+            format!("{} is longer than the maximum of {}", human(value), human(max)),
+        ));
+    }
+}
+
+fn limit(errors: &mut Vec<FieldError>, field: &str, value: u32) {
+    if value == 0 || value > MAX_LIMIT {
+        errors.push(err(field, format!("{value} is not within 1-{MAX_LIMIT}")));
+    }
+}
+
+/// Maxima for durations, counters and factors.
+fn validate_bounds(spec: &RolloutPolicySpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let e = &mut errors;
+    at_most(
+        e,
+        "spec.progressDeadline",
+        spec.progress_deadline,
+        MAX_PROGRESS_DEADLINE,
+    );
+    for (i, step) in spec.steps.iter().enumerate() {
+        if let Some(d) = step.pause.as_ref().and_then(|p| p.duration) {
+            at_most(e, format!("spec.steps[{i}].pause.duration"), d, MAX_PAUSE);
+        }
+    }
+    let scaling = &spec.scaling;
+    at_most(
+        e,
+        "spec.scaling.scaleDownDelay",
+        scaling.scale_down_delay,
+        MAX_SCALE_DOWN_DELAY,
+    );
+    if !(1.0..=MAX_HEADROOM).contains(&scaling.headroom) {
+        e.push(err(
+            "spec.scaling.headroom",
+            format!("{} is not within 1-{MAX_HEADROOM}", scaling.headroom),
+        ));
+    }
+    if let Some(a) = &spec.analysis {
+        at_most(e, "spec.analysis.interval", a.interval, MAX_INTERVAL);
+        at_most(e, "spec.analysis.startAfter", a.start_after, MAX_START_AFTER);
+        limit(e, "spec.analysis.failureLimit", a.failure_limit);
+        limit(e, "spec.analysis.inconclusiveLimit", a.inconclusive_limit);
+        limit(e, "spec.analysis.onProviderError.after", a.on_provider_error.after);
+        if a.min_requests > MAX_MIN_REQUESTS {
+            e.push(err(
+                "spec.analysis.minRequests",
+                format!("{} is more than the maximum of {MAX_MIN_REQUESTS}", a.min_requests),
+            ));
+        }
+        if a.prometheus.timeout.is_zero() {
+            e.push(err("spec.analysis.prometheus.timeout", "must be greater than zero"));
+        }
+        at_most(
+            e,
+            "spec.analysis.prometheus.timeout",
+            a.prometheus.timeout,
+            MAX_QUERY_TIMEOUT,
+        );
+        for (i, m) in a.metrics.iter().enumerate() {
+            if let Some(w) = m.window {
+                at_most(e, format!("spec.analysis.metrics[{i}].window"), w, MAX_WINDOW);
+            }
+            let numbers = [
+                ("min", m.min),
+                ("max", m.max),
+                (
+                    "relative.maxDropFromStable",
+                    m.relative.as_ref().and_then(|r| r.max_drop_from_stable),
+                ),
+                (
+                    "relative.maxIncreaseOverStable",
+                    m.relative.as_ref().and_then(|r| r.max_increase_over_stable),
+                ),
+            ];
+            for (name, v) in numbers {
+                if v.is_some_and(|v| !v.is_finite()) {
+                    e.push(err(
+                        format!("spec.analysis.metrics[{i}].{name}"),
+                        "must be a finite number",
+                    ));
+                }
+            }
+        }
+    }
     errors
 }
 
@@ -346,5 +460,102 @@ mod tests {
         let fields: Vec<_> = validate_spec(&s).into_iter().map(|e| e.field).collect();
         assert!(fields.contains(&"spec.service".to_string()), "{fields:?}");
         assert!(fields.contains(&"spec.canary.subset".to_string()), "{fields:?}");
+    }
+
+    #[test]
+    fn absurd_values_are_refused_naming_the_field() {
+        use crate::policy::types::{Analysis, MetricCheck, OnProviderError, PrometheusProvider};
+        let analysis = || Analysis {
+            interval: Duration::from_secs(30),
+            start_after: Duration::ZERO,
+            failure_limit: 1,
+            min_requests: 0,
+            inconclusive_limit: 10,
+            on_provider_error: OnProviderError::default(),
+            prometheus: PrometheusProvider {
+                address: "http://prometheus:9090".into(),
+                auth: None,
+                ca_secret: None,
+                timeout: Duration::from_secs(5),
+            },
+            metrics: vec![MetricCheck {
+                name: "success".into(),
+                template: Some("istio-request-success-rate".into()),
+                query: None,
+                min: Some(99.0),
+                max: None,
+                relative: None,
+                window: None,
+            }],
+        };
+        let week = 7 * 86_400;
+        type Edit = Box<dyn Fn(&mut RolloutPolicySpec)>;
+        let cases: Vec<(Edit, Option<&str>)> = vec![
+            (Box::new(|_| {}), None),
+            (Box::new(move |s| s.analysis = Some(analysis())), None),
+            (
+                Box::new(|s| s.scaling.scale_down_delay = Duration::from_secs(1_000_000 * 7 * 86_400)),
+                Some("spec.scaling.scaleDownDelay"),
+            ),
+            (Box::new(|s| s.scaling.scale_down_delay = MAX_SCALE_DOWN_DELAY), None),
+            (
+                Box::new(move |s| s.progress_deadline = Duration::from_secs(week + 1)),
+                Some("spec.progressDeadline"),
+            ),
+            (Box::new(|s| s.scaling.headroom = 1e300), Some("spec.scaling.headroom")),
+            (
+                Box::new(|s| s.scaling.headroom = f64::NAN),
+                Some("spec.scaling.headroom"),
+            ),
+            (
+                Box::new(|s| s.steps = vec![p(Some(31 * 86_400)), w(100)]),
+                Some("spec.steps[0].pause.duration"),
+            ),
+            (
+                Box::new(move |s| {
+                    let mut a = analysis();
+                    a.interval = Duration::from_secs(999_999_999);
+                    s.analysis = Some(a);
+                }),
+                Some("spec.analysis.interval"),
+            ),
+            (
+                Box::new(move |s| {
+                    let mut a = analysis();
+                    a.failure_limit = u32::MAX;
+                    s.analysis = Some(a);
+                }),
+                Some("spec.analysis.failureLimit"),
+            ),
+            (
+                Box::new(move |s| {
+                    let mut a = analysis();
+                    a.prometheus.timeout = Duration::from_secs(3600);
+                    s.analysis = Some(a);
+                }),
+                Some("spec.analysis.prometheus.timeout"),
+            ),
+            (
+                Box::new(move |s| {
+                    let mut a = analysis();
+                    a.metrics[0].window = Some(Duration::from_secs(2 * 86_400));
+                    a.metrics[0].min = Some(f64::NAN);
+                    s.analysis = Some(a);
+                }),
+                Some("spec.analysis.metrics[0].min"),
+            ),
+        ];
+        for (i, (edit, want)) in cases.into_iter().enumerate() {
+            let mut s = spec(vec![w(10), w(100)]);
+            edit(&mut s);
+            let errors = validate_spec(&s);
+            match want {
+                None => assert!(errors.is_empty(), "case {i}: {errors:?}"),
+                Some(field) => assert!(
+                    errors.iter().any(|e| e.field == field),
+                    "case {i}: want an error on {field}, got {errors:?}"
+                ),
+            }
+        }
     }
 }
