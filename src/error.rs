@@ -22,6 +22,9 @@ pub enum Error {
     Lease(String),
     #[error("{0}")]
     Cache(String),
+    /// A side effect the API refused; reported in status and an Event.
+    #[error("{0}")]
+    Action(String),
 }
 
 impl Error {
@@ -39,6 +42,7 @@ impl Error {
             Error::Scale(e) => e.category(),
             Error::Lease(_) => "lease",
             Error::Cache(_) => "cache",
+            Error::Action(_) => "action_failed",
         }
     }
 }
