@@ -25,6 +25,9 @@ pub enum Error {
     /// The renew deadline of the Lease passed: this replica must not write.
     #[error("not the leader (the lease was not renewed within the renew deadline); write skipped")]
     NotLeader,
+    /// A side effect the API refused; reported in status and an Event.
+    #[error("{0}")]
+    Action(String),
 }
 
 impl Error {
@@ -43,6 +46,7 @@ impl Error {
             Error::Lease(_) => "lease",
             Error::Cache(_) => "cache",
             Error::NotLeader => "not_leader",
+            Error::Action(_) => "action_failed",
         }
     }
 }

@@ -301,8 +301,17 @@ impl RolloutPolicy {
     async fn cleanup(&self, ctx: &Context) -> Result<Requeue> {
         crate::failpoint!("before-cleanup");
         let status = self.status.clone().unwrap_or_default();
-        let actions = crate::plan::cleanup(&self.spec, &status, Timestamp::now());
-        act::carry_out(self, ctx, &actions).await?;
+        // What is left: objects already gone have nothing to restore.
+        let seen = observe::observe(&ctx.caches, self, None, None)?;
+        let actions = crate::plan::cleanup_observed(&self.spec, &status, &seen.observed, Timestamp::now());
+        match act::carry_out(self, ctx, &actions, act::Mode::Cleanup).await {
+            Ok(()) => {}
+            Err(act::Stopped::NotLeader) => return Err(Error::NotLeader),
+            Err(act::Stopped::Failed(failure)) => {
+                act::report_failure(self, ctx, &status, &failure).await?;
+                return Err(Error::Action(failure.message()));
+            }
+        }
         ctx.engine
             .want((self.namespace().unwrap_or_default(), self.name_any()), None);
         tracing::info!("policy deleted: traffic and scaling restored");
@@ -316,8 +325,17 @@ impl RolloutPolicy {
         let fresh = observe::Fresh::read_if_recording(&ctx.client, self).await?;
         let seen = observe::observe(&ctx.caches, self, ctx.engine.latest(&key), fresh)?;
         let current = self.status.clone().unwrap_or_default();
-        let plan = plan(&self.spec, &current, &seen.observed, Timestamp::now());
-        act::carry_out(self, ctx, &plan.actions).await?;
+        let mut plan = plan(&self.spec, &current, &seen.observed, Timestamp::now());
+        match act::carry_out(self, ctx, &plan.actions, act::Mode::Reconcile).await {
+            Ok(()) => {}
+            Err(act::Stopped::NotLeader) => return Err(Error::NotLeader),
+            Err(act::Stopped::Failed(failure)) => {
+                // The plan did not happen: say what failed, keep the status it started from, retry later.
+                act::report_failure(self, ctx, &current, &failure).await?;
+                return Err(Error::Action(failure.message()));
+            }
+        }
+        act::mark_synced(&mut plan.status, self.metadata.generation);
         if plan.status != current {
             act::write_status(self, ctx, &plan.status).await?;
             if plan.status.phase != current.phase {

@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::gates::commands;
 use crate::mesh::istio::to_value;
 use crate::mesh::preflight::{self, Snapshot, VsSnapshot};
-use crate::mesh::routes::{managed_routes, route_weights};
+use crate::mesh::routes::{managed_routes, route_weights, routes_sending_to};
 use crate::plan::{DeploymentState, Observed, Problem, ScaleObserved, VersionScale};
 use crate::policy::types::RolloutPolicy;
 use crate::scale::hpa;
@@ -134,7 +134,10 @@ pub fn observe(
             .state()
             .iter()
             .filter(|d| d.metadata.name.as_deref() == Some(spec.destination_rule.as_str()))
-            .filter_map(|d| d.namespace())
+            .filter_map(|d| {
+                let host = d.data.pointer("/spec/host").and_then(Value::as_str).unwrap_or_default();
+                Some((d.namespace()?, host.to_string()))
+            })
             .collect(),
     };
     let mut vss = Vec::new();
@@ -221,6 +224,7 @@ pub fn observe(
             command_error,
             analysis,
             scaling,
+            old_stable_routes: old_stable_routes(caches, policy, &fqdn),
         },
         versions,
     })
@@ -237,6 +241,28 @@ fn readable_weights(vss: &[VsSnapshot], fqdn: &str) -> Vec<BTreeMap<String, u8>>
         })
         .collect();
     managed.map(|m| current_weights(vss, &m, fqdn)).unwrap_or_default()
+}
+
+/// While a scale-down is pending: every route of any cached VirtualService that still sends the
+/// old stable's subset of this Service traffic.
+fn old_stable_routes(caches: &Caches, policy: &RolloutPolicy, fqdn: &str) -> Vec<String> {
+    let pending = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.scaling.as_ref())
+        .and_then(|s| s.scale_down.as_ref())
+        .and_then(|d| d.subset.clone());
+    let Some(subset) = pending else { return Vec::new() };
+    let mut out = Vec::new();
+    for vs in caches.virtual_services.state() {
+        let vs_ns = vs.namespace().unwrap_or_default();
+        let Ok(value) = to_value(&vs) else { continue };
+        for (route, weight) in routes_sending_to(&value, &vs_ns, fqdn, &subset) {
+            out.push(format!("VirtualService {vs_ns}/{} {route} ({weight}%)", vs.name_any()));
+        }
+    }
+    out.sort();
+    out
 }
 
 fn current_weights(vss: &[VsSnapshot], managed: &[Vec<usize>], fqdn: &str) -> Vec<BTreeMap<String, u8>> {

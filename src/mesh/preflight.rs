@@ -29,8 +29,8 @@ pub struct Snapshot<'a> {
     pub canary_deployment: Option<&'a Deployment>,
     /// The DestinationRule in the Service's namespace.
     pub destination_rule: Option<&'a Value>,
-    /// Namespaces where a DestinationRule of that name exists elsewhere (the 503 trap).
-    pub destination_rule_elsewhere: Vec<String>,
+    /// DestinationRules of that name in other namespaces (the 503 trap): (namespace, spec.host).
+    pub destination_rule_elsewhere: Vec<(String, String)>,
     pub virtual_services: &'a [VsSnapshot],
 }
 
@@ -109,14 +109,15 @@ pub fn check(spec: &RolloutPolicySpec, snap: &Snapshot<'_>) -> Result<ManagedRou
         }
     }
 
+    let misplaced = misplaced_destination_rules(snap, &fqdn);
     match snap.destination_rule {
-        None if !snap.destination_rule_elsewhere.is_empty() => problems.push(problem(
+        None if !misplaced.is_empty() => problems.push(problem(
             "DestinationRuleInWrongNamespace",
             format!(
                 "DestinationRule {} is in namespace {} but must be in the Service's namespace {ns} \
                  (Istio ignores it there and requests to the subsets fail with 503); move it to {ns}",
                 spec.destination_rule,
-                snap.destination_rule_elsewhere.join(", ")
+                misplaced.join(", ")
             ),
         )),
         None => problems.push(problem(
@@ -160,6 +161,23 @@ pub fn check(spec: &RolloutPolicySpec, snap: &Snapshot<'_>) -> Result<ManagedRou
     } else {
         Err(problems)
     }
+}
+
+/// The namespaces of the same-named DestinationRules elsewhere that were meant for this Service:
+/// one next to a VirtualService of the policy, or one whose host resolves to the Service. Another
+/// team's rule of the same name is none of our business.
+fn misplaced_destination_rules(snap: &Snapshot<'_>, fqdn: &str) -> Vec<String> {
+    let mut out: Vec<String> = snap
+        .destination_rule_elsewhere
+        .iter()
+        .filter(|(dr_ns, host)| {
+            snap.virtual_services.iter().any(|vs| &vs.namespace == dr_ns) || resolve_host(host, dr_ns) == fqdn
+        })
+        .map(|(dr_ns, _)| dr_ns.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn check_destination_rule(spec: &RolloutPolicySpec, snap: &Snapshot<'_>, dr: &Value, fqdn: &str) -> Vec<Problem> {
@@ -232,4 +250,111 @@ fn check_destination_rule(spec: &RolloutPolicySpec, snap: &Snapshot<'_>, dr: &Va
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::types::VirtualServiceRef;
+
+    fn v(subset: &str) -> VersionRef {
+        VersionRef {
+            subset: subset.into(),
+            deployment: format!("app-{subset}"),
+        }
+    }
+
+    fn spec() -> RolloutPolicySpec {
+        RolloutPolicySpec {
+            service: "app".into(),
+            virtual_services: vec![VirtualServiceRef {
+                name: "app".into(),
+                namespace: Some("gw".into()),
+                routes: None,
+            }],
+            destination_rule: "app-dr".into(),
+            stable: v("v1"),
+            canary: None,
+            steps: Vec::new(),
+            progress_deadline: std::time::Duration::from_secs(60),
+            analysis: None,
+            scaling: Default::default(),
+        }
+    }
+
+    /// The DestinationRule problem reported for DestinationRules of the same name elsewhere.
+    fn dr_problem(elsewhere: &[(&str, &str)]) -> Problem {
+        let spec = spec();
+        let vss = [VsSnapshot {
+            namespace: "gw".into(),
+            name: "app".into(),
+            routes: None,
+            object: None,
+        }];
+        let snap = Snapshot {
+            namespace: "dev",
+            service: None,
+            stable: &spec.stable,
+            stable_deployment: None,
+            canary: None,
+            canary_deployment: None,
+            destination_rule: None,
+            destination_rule_elsewhere: elsewhere
+                .iter()
+                .map(|(ns, host)| (ns.to_string(), host.to_string()))
+                .collect(),
+            virtual_services: &vss,
+        };
+        let problems = check(&spec, &snap).unwrap_err();
+        problems
+            .into_iter()
+            .find(|p| p.reason.starts_with("DestinationRule"))
+            .unwrap()
+    }
+
+    #[test]
+    fn wrong_namespace_names_only_the_rule_that_applies() {
+        const FQDN: &str = "app.dev.svc.cluster.local";
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a [&'a str], &'a [&'a str]);
+        let cases: [Case; 5] = [
+            // Next to the VirtualService: meant for us.
+            (
+                &[("gw", "app")],
+                "DestinationRuleInWrongNamespace",
+                &["namespace gw "],
+                &[],
+            ),
+            // Another team's rule of the same name, for their own `app`: not ours to name.
+            (
+                &[("gw", "app"), ("team-b", "app")],
+                "DestinationRuleInWrongNamespace",
+                &["namespace gw "],
+                &["team-b"],
+            ),
+            // Host resolves to our Service from wherever it is.
+            (
+                &[("ops", FQDN), ("team-b", "app")],
+                "DestinationRuleInWrongNamespace",
+                &["namespace ops "],
+                &["team-b"],
+            ),
+            (
+                &[("team-b", "app"), ("team-c", "other.team-c.svc.cluster.local")],
+                "DestinationRuleNotFound",
+                &["dev/app-dr"],
+                &["team-b", "team-c"],
+            ),
+            (&[], "DestinationRuleNotFound", &["dev/app-dr"], &[]),
+        ];
+        for (elsewhere, reason, has, lacks) in cases {
+            let p = dr_problem(elsewhere);
+            assert_eq!(p.reason, reason, "{elsewhere:?}: {}", p.message);
+            for s in has {
+                assert!(p.message.contains(s), "{elsewhere:?}: {} lacks {s}", p.message);
+            }
+            for s in lacks {
+                assert!(!p.message.contains(s), "{elsewhere:?}: {} names {s}", p.message);
+            }
+        }
+    }
 }

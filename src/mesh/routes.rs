@@ -176,6 +176,19 @@ pub fn route_weights(route: &Value, vs_namespace: &str, service_fqdn: &str) -> B
         .collect()
 }
 
+/// The http routes of a VirtualService that send `subset` of the Service traffic (a weight above
+/// 0, or the only destination, without a weight), as "route \"name\"" or "http[i]" with the weight.
+pub fn routes_sending_to(vs: &Value, vs_namespace: &str, service_fqdn: &str, subset: &str) -> Vec<(String, u8)> {
+    http_routes(vs)
+        .iter()
+        .enumerate()
+        .filter_map(|(i, route)| {
+            let weight = route_weights(route, vs_namespace, service_fqdn).get(subset).copied()?;
+            (weight > 0).then(|| (route_label(route, i), weight))
+        })
+        .collect()
+}
+
 /// Checks on a managed route that must hold before canaryd writes weights into it.
 pub fn check_route(
     vs: &Value,
@@ -229,7 +242,7 @@ pub fn weight_patch(
         let Some(route) = routes.get(i) else { continue };
         let all = destinations(route);
         let mut canary_seen = false;
-        let mut stable_host = None;
+        let mut stable_dest = None;
         for (j, d) in all.iter().enumerate() {
             let host = dest_host(d);
             if resolve_host(host, vs_namespace) != service_fqdn {
@@ -240,7 +253,7 @@ pub fn weight_patch(
                 canary_seen = true;
                 canary_weight
             } else if subset == stable {
-                stable_host = Some(host);
+                stable_dest = Some(d);
                 100 - canary_weight
             } else {
                 0
@@ -258,12 +271,17 @@ pub fn weight_patch(
             ops.push(json!({"op": "test", "path": format!("{base}/destination/subset"), "value": subset}));
             ops.push(json!({"op": "add", "path": format!("{base}/weight"), "value": want}));
         }
-        if let (Some(canary), false, Some(host)) = (canary, canary_seen, stable_host) {
-            // Users may keep a plain 100 %-to-stable route in Git: add the canary next to stable.
+        if let (Some(canary), false, Some(stable_dest)) = (canary, canary_seen, stable_dest) {
+            // Users may keep a plain 100 %-to-stable route in Git: add the canary next to stable,
+            // at the same host and port (a gateway or multi-port route names the port).
+            let mut destination = json!({"host": dest_host(stable_dest), "subset": canary});
+            if let Some(port) = stable_dest.pointer("/destination/port") {
+                destination["port"] = port.clone();
+            }
             ops.push(json!({
                 "op": "add",
                 "path": format!("/spec/http/{i}/route/-"),
-                "value": {"destination": {"host": host, "subset": canary}, "weight": canary_weight}
+                "value": {"destination": destination, "weight": canary_weight}
             }));
         }
     }
@@ -378,6 +396,51 @@ mod tests {
             route_weights(&patched["spec"]["http"][1], "default", FQDN),
             BTreeMap::from([("v1".into(), 100), ("v2".into(), 0)])
         );
+    }
+
+    #[test]
+    fn added_canary_copies_the_stable_port() {
+        let mut vs = seed_vs();
+        vs["spec"]["http"][1]["route"][0]["destination"]["port"] = json!({"number": 8080});
+        let patch = weight_patch(&vs, "default", FQDN, &[1], "v1", Some("v2"), 10).unwrap();
+        let mut patched = vs.clone();
+        apply(&mut patched, patch).unwrap();
+        let added = &patched["spec"]["http"][1]["route"][1];
+        assert_eq!(
+            added["destination"],
+            json!({"host": FQDN, "subset": "v2", "port": {"number": 8080}})
+        );
+        assert_eq!(added["weight"], 10);
+        // Without a port on stable, none is invented.
+        let patch = weight_patch(&seed_vs(), "default", FQDN, &[1], "v1", Some("v2"), 10).unwrap();
+        let mut patched = seed_vs();
+        apply(&mut patched, patch).unwrap();
+        assert_eq!(
+            patched["spec"]["http"][1]["route"][1]["destination"],
+            json!({"host": FQDN, "subset": "v2"})
+        );
+    }
+
+    #[test]
+    fn routes_still_sending_to_a_subset() {
+        let mut vs = seed_vs();
+        // After a promotion: primary sends all to v2, the header route still all to v1.
+        vs["spec"]["http"][1]["route"] = json!([
+            {"destination": {"host": FQDN, "subset": "v1"}, "weight": 0},
+            {"destination": {"host": FQDN, "subset": "v2"}, "weight": 100}
+        ]);
+        assert_eq!(
+            routes_sending_to(&vs, "default", FQDN, "v1"),
+            vec![("http[0]".to_string(), 100)]
+        );
+        assert_eq!(
+            routes_sending_to(&vs, "default", FQDN, "v2"),
+            vec![("route \"primary\"".to_string(), 100)]
+        );
+        // Another Service's v1 is not ours.
+        assert!(routes_sending_to(&vs, "default", "other.dev.svc.cluster.local", "v1").is_empty());
+        vs["spec"]["http"][0]["route"][0]["destination"]["subset"] = json!("v2");
+        assert!(routes_sending_to(&vs, "default", FQDN, "v1").is_empty());
     }
 
     #[test]

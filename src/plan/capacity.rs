@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use super::{Action, EventType, Planner, duration_between};
 use crate::policy::types::{ScaleDown, ScalingStatus, VersionRef, VersionScaling};
-use crate::scale::capacity::{Bounds, MaxPolicy, canary_capacity, pin_min, raise_min};
+use crate::scale::capacity::{Bounds, MaxPolicy, canary_capacity, managed_fields, pin_min, raise_min, restore_fields};
+
+/// How often to look again while a scale-down waits for routes to stop using the old stable.
+pub const SCALE_DOWN_BLOCKED_POLL: Duration = Duration::from_secs(5);
 
 /// One version's scaling as observed now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +33,7 @@ fn record(v: &VersionScale) -> VersionScaling {
         hpa: v.hpa.as_ref().map(|(name, _)| name.clone()),
         original_bounds: v.hpa.as_ref().map(|(_, b)| *b),
         original_replicas: v.spec_replicas,
+        set_bounds: None,
     }
 }
 
@@ -71,7 +75,8 @@ impl Planner<'_> {
         else {
             return;
         };
-        let target = pin_min(*original, sc.stable_replicas_at_start);
+        let (name, original) = (name.clone(), *original);
+        let target = pin_min(original, sc.stable_replicas_at_start);
         let current = self
             .obs
             .scaling
@@ -79,11 +84,15 @@ impl Planner<'_> {
             .as_ref()
             .and_then(|v| v.hpa.as_ref())
             .map(|(_, b)| *b);
-        if current != Some(target) {
+        let write = managed_fields(target, original, current.unwrap_or(target));
+        if current != Some(write) {
             self.actions.push(Action::SetHpaBounds {
-                hpa: name.clone(),
-                bounds: target,
+                hpa: name,
+                bounds: write,
             });
+        }
+        if let Some(rec) = self.st.scaling.as_mut().and_then(|sc| sc.stable.as_mut()) {
+            rec.set_bounds = Some(target);
         }
     }
 
@@ -102,11 +111,15 @@ impl Planner<'_> {
                 let target = raise_min(original, required, policy)
                     .map_err(|e| format!("canary {} needs {required} replicas for {weight}%: {e}", rec.deployment))?;
                 let current = observed.as_ref().and_then(|v| v.hpa.as_ref()).map(|(_, b)| *b);
-                if current != Some(target) {
+                let write = managed_fields(target, original, current.unwrap_or(target));
+                if current != Some(write) {
                     self.actions.push(Action::SetHpaBounds {
                         hpa: name.clone(),
-                        bounds: target,
+                        bounds: write,
                     });
+                }
+                if let Some(rec) = self.st.scaling.as_mut().and_then(|sc| sc.canary.as_mut()) {
+                    rec.set_bounds = Some(target);
                 }
                 // An HPA is inactive while its target is at zero (e.g. scaled down after a rollback).
                 if observed.as_ref().is_some_and(|v| v.spec_replicas == 0) {
@@ -139,22 +152,17 @@ impl Planner<'_> {
             return self.finish_scale_down(true);
         }
         if let Some(canary) = &sc.canary {
-            self.restore(canary, true);
+            self.restore(&sc, canary, true);
         }
         if let Some(stable) = &sc.stable {
             // Stable's replicas were never touched without an HPA.
-            self.restore(stable, false);
+            self.restore(&sc, stable, false);
         }
     }
 
-    fn restore(&mut self, rec: &VersionScaling, replicas_too: bool) {
+    fn restore(&mut self, sc: &ScalingStatus, rec: &VersionScaling, replicas_too: bool) {
         match (&rec.hpa, rec.original_bounds) {
-            (Some(name), Some(original)) => {
-                self.actions.push(Action::SetHpaBounds {
-                    hpa: name.clone(),
-                    bounds: original,
-                });
-            }
+            (Some(name), Some(original)) => self.restore_bounds(sc, rec, name, original),
             _ if replicas_too => self.actions.push(Action::SetReplicas {
                 deployment: rec.deployment.clone(),
                 replicas: rec.original_replicas,
@@ -163,12 +171,77 @@ impl Planner<'_> {
         }
     }
 
+    /// Put back only the bounds canaryd changed and that still have canaryd's value; say so when a
+    /// field is left alone because someone changed it during the rollout.
+    fn restore_bounds(&mut self, sc: &ScalingStatus, rec: &VersionScaling, name: &str, original: Bounds) {
+        let observed = [&self.obs.scaling.stable, &self.obs.scaling.canary]
+            .into_iter()
+            .flatten()
+            .find(|v| v.deployment == rec.deployment);
+        let Some(observed) = observed else {
+            // Not observed (a Deployment this policy no longer names): put the recorded bounds back.
+            self.actions.push(Action::SetHpaBounds {
+                hpa: name.to_string(),
+                bounds: original,
+            });
+            return;
+        };
+        let Some(current) = observed.hpa.as_ref().filter(|(n, _)| n == name).map(|(_, b)| *b) else {
+            // The HPA is gone: nothing to restore.
+            return;
+        };
+        let ours = self.ours(sc, rec, original);
+        let (write, left) = restore_fields(original, current, &ours);
+        if let Some(bounds) = write {
+            self.actions.push(Action::SetHpaBounds {
+                hpa: name.to_string(),
+                bounds,
+            });
+        }
+        for l in left {
+            self.event(
+                EventType::Warning,
+                "HpaBoundLeftAlone",
+                format!(
+                    "HPA {name} {} is {}, changed during the rollout by someone else: left as is (before the rollout: {})",
+                    l.field, l.current, l.original
+                ),
+            );
+        }
+    }
+
+    /// Every HPA bounds canaryd may have set for this version in this rollout: the recorded ones,
+    /// and the targets it would set now (a crash between an HPA write and the status write loses
+    /// the record, not the value).
+    fn ours(&self, sc: &ScalingStatus, rec: &VersionScaling, original: Bounds) -> Vec<Bounds> {
+        let mut ours: Vec<Bounds> = rec.set_bounds.into_iter().collect();
+        let is_stable = sc.stable.as_ref().is_some_and(|s| s.deployment == rec.deployment)
+            && sc.canary.as_ref().is_none_or(|c| c.deployment != rec.deployment);
+        if is_stable {
+            ours.push(pin_min(original, sc.stable_replicas_at_start));
+        } else {
+            let policy = MaxPolicy::from_raise_max(self.spec.scaling.raise_max_replicas);
+            let weights = self
+                .spec
+                .steps
+                .iter()
+                .filter_map(|s| s.weight)
+                .chain([self.st.canary_weight, 100]);
+            for w in weights {
+                let required = canary_capacity(sc.stable_replicas_at_start, w, self.spec.scaling.headroom);
+                ours.extend(raise_min(original, required, policy).ok());
+            }
+        }
+        ours
+    }
+
     /// On promotion: stable's original bounds come back now; the old stable is scaled to zero after
     /// `scaleDownDelay`, and only then the new stable's HPA gets its own bounds back.
     pub(super) fn after_promotion(&mut self, old_stable: &VersionRef) {
         let Some(mut sc) = self.st.scaling.take() else { return };
-        if let Some(stable) = sc.stable.take() {
-            self.restore(&stable, false);
+        if let Some(stable) = sc.stable.clone() {
+            self.restore(&sc, &stable, false);
+            sc.stable = None;
         }
         let delay = self.spec.scaling.scale_down_delay;
         let at = jiff::SignedDuration::try_from(delay)
@@ -177,13 +250,17 @@ impl Planner<'_> {
             .unwrap_or(self.now);
         sc.scale_down = Some(ScaleDown {
             deployment: old_stable.deployment.clone(),
+            subset: Some(old_stable.subset.clone()),
             at,
+            blocked: None,
         });
         self.st.scaling = Some(sc);
         self.requeue = Some(delay);
     }
 
     /// The delayed end of a promotion: old stable to zero, the new stable's HPA back to its bounds.
+    /// Held back while any route still sends the old stable traffic (`now_regardless`: a new
+    /// rollout starts, so the bounds come back now and a still-routed old stable keeps running).
     pub(super) fn finish_scale_down(&mut self, now_regardless: bool) {
         let Some(sc) = self.st.scaling.clone() else { return };
         let Some(down) = &sc.scale_down else { return };
@@ -192,29 +269,52 @@ impl Planner<'_> {
             self.requeue = Some(self.requeue.map_or(left, |r| r.min(left)));
             return;
         }
-        self.actions.push(Action::SetReplicas {
-            deployment: down.deployment.clone(),
-            replicas: 0,
-        });
-        if let Some(VersionScaling {
-            hpa: Some(name),
-            original_bounds: Some(original),
-            ..
-        }) = &sc.canary
-        {
-            self.actions.push(Action::SetHpaBounds {
-                hpa: name.clone(),
-                bounds: *original,
-            });
-        }
-        self.event(
-            EventType::Normal,
-            "ScaledDown",
+        let routes = &self.obs.old_stable_routes;
+        let blocked = (!routes.is_empty()).then(|| {
             format!(
-                "old stable {} scaled to zero; HPAs have their own bounds back",
-                down.deployment
+                "old stable {} (subset {}) is not scaled down: {} still send it traffic",
+                down.deployment,
+                down.subset.as_deref().unwrap_or_default(),
+                routes.join(", ")
+            )
+        });
+        if let Some(message) = &blocked
+            && !now_regardless
+        {
+            if down.blocked.as_ref() != Some(message) {
+                self.event(EventType::Warning, "ScaleDownBlocked", message.clone());
+                if let Some(d) = self.st.scaling.as_mut().and_then(|s| s.scale_down.as_mut()) {
+                    d.blocked = Some(message.clone());
+                }
+            }
+            let poll = SCALE_DOWN_BLOCKED_POLL;
+            self.requeue = Some(self.requeue.map_or(poll, |r| r.min(poll)));
+            return;
+        }
+        match &blocked {
+            Some(message) => self.event(
+                EventType::Warning,
+                "ScaleDownBlocked",
+                format!("{message}; a new rollout starts, so it is left running: scale it down once unused"),
             ),
-        );
+            None => self.actions.push(Action::SetReplicas {
+                deployment: down.deployment.clone(),
+                replicas: 0,
+            }),
+        }
+        if let Some(canary) = &sc.canary {
+            self.restore(&sc, canary, false);
+        }
+        if blocked.is_none() {
+            self.event(
+                EventType::Normal,
+                "ScaledDown",
+                format!(
+                    "old stable {} scaled to zero; HPAs have their own bounds back",
+                    down.deployment
+                ),
+            );
+        }
         self.st.scaling = None;
     }
 
@@ -224,13 +324,11 @@ impl Planner<'_> {
         if let Some(sc) = self.st.scaling.as_mut()
             && sc.scale_down.take().is_some()
         {
-            if let Some(canary) = sc.canary.take()
-                && let (Some(name), Some(original)) = (&canary.hpa, canary.original_bounds)
+            let sc = sc.clone();
+            if let Some(canary) = &sc.canary
+                && canary.hpa.is_some()
             {
-                self.actions.push(Action::SetHpaBounds {
-                    hpa: name.clone(),
-                    bounds: original,
-                });
+                self.restore(&sc, canary, false);
             }
             self.st.scaling = None;
             return;
@@ -238,3 +336,7 @@ impl Planner<'_> {
         self.restore_scaling();
     }
 }
+
+#[cfg(test)]
+#[path = "capacity_tests.rs"]
+mod tests;

@@ -82,6 +82,9 @@ pub struct Observed {
     pub command_error: Option<String>,
     /// The newest analysis check of this policy's canary, if any.
     pub analysis: Option<Check>,
+    /// While a promotion's scale-down is pending: the routes of any VirtualService on the Service's
+    /// host that still send the old stable's subset traffic ("VirtualService ns/name http[0] (100%)").
+    pub old_stable_routes: Vec<String>,
 }
 
 impl Observed {
@@ -165,10 +168,20 @@ pub fn plan(spec: &RolloutPolicySpec, current: &RolloutPolicyStatus, obs: &Obser
 /// What to undo when the policy is deleted: traffic back to stable if a rollout is in progress,
 /// and every HPA and replica count canaryd changed back to what it was.
 pub fn cleanup(spec: &RolloutPolicySpec, current: &RolloutPolicyStatus, now: Timestamp) -> Vec<Action> {
-    let obs = Observed::default();
+    cleanup_observed(spec, current, &Observed::default(), now)
+}
+
+/// [`cleanup`] given what is left: an HPA already gone has nothing to restore, and a bound someone
+/// changed during the rollout is left alone.
+pub fn cleanup_observed(
+    spec: &RolloutPolicySpec,
+    current: &RolloutPolicyStatus,
+    obs: &Observed,
+    now: Timestamp,
+) -> Vec<Action> {
     let mut p = Planner {
         spec,
-        obs: &obs,
+        obs,
         now,
         st: current.clone(),
         actions: Vec::new(),

@@ -291,14 +291,24 @@ pub struct VersionScaling {
     pub original_bounds: Option<crate::scale::capacity::Bounds>,
     /// `spec.replicas` before canaryd changed it (Deployments without an HPA).
     pub original_replicas: i32,
+    /// The HPA bounds canaryd last set (written with the plan that set them): on restore, a field
+    /// whose value is no longer canaryd's was changed by someone else and is left alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_bounds: Option<crate::scale::capacity::Bounds>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleDown {
     pub deployment: String,
+    /// The old stable's subset: not scaled down while any route still sends it traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
     #[schemars(with = "String")]
     pub at: Timestamp,
+    /// Why the scale-down is held back (routes that still send the old stable traffic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
 }
 
 /// Where the analysis of the current canary stands.

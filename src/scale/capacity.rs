@@ -141,6 +141,71 @@ pub fn pin_min(original: Bounds, replicas_at_start: i32) -> Bounds {
     }
 }
 
+/// The bounds canaryd writes while a rollout runs: `target` in the fields canaryd changes (those
+/// where it differs from `original`), and whatever the HPA has now in the others, so that a
+/// person's change of a field canaryd does not manage (an incident bump of `maxReplicas`) stays.
+pub fn managed_fields(target: Bounds, original: Bounds, current: Bounds) -> Bounds {
+    Bounds {
+        min_replicas: if target.effective_min() == original.effective_min() {
+            current.min_replicas
+        } else {
+            target.min_replicas
+        },
+        max_replicas: if target.max_replicas == original.max_replicas {
+            current.max_replicas
+        } else {
+            target.max_replicas
+        },
+    }
+}
+
+/// A bound canaryd does not put back, because it no longer has a value canaryd set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeftAlone {
+    pub field: &'static str,
+    pub current: i32,
+    pub original: i32,
+}
+
+/// Field by field, what restoring `original` writes into an HPA that has `current`, given the
+/// values canaryd set (`ours`). A field goes back only when it has a value canaryd set (one that
+/// differs from the original); a field with any other value was changed by someone else during
+/// the rollout and is left alone, and reported. Returns the bounds to write (None: nothing) and
+/// the fields left alone.
+pub fn restore_fields(original: Bounds, current: Bounds, ours: &[Bounds]) -> (Option<Bounds>, Vec<LeftAlone>) {
+    let mut out = current;
+    let mut left = Vec::new();
+    type Get = fn(&Bounds) -> i32;
+    let fields: [(&'static str, Get); 2] = [
+        ("minReplicas", |b| b.effective_min()),
+        ("maxReplicas", |b| b.max_replicas),
+    ];
+    for (field, get) in fields {
+        let (now, was) = (get(&current), get(&original));
+        if now == was {
+            continue;
+        }
+        // Only a value canaryd set (and so differs from the original) is canaryd's to put back.
+        if ours.iter().any(|o| get(o) != was && get(o) == now) {
+            match field {
+                "minReplicas" => out.min_replicas = original.min_replicas,
+                _ => out.max_replicas = original.max_replicas,
+            }
+        } else {
+            left.push(LeftAlone {
+                field,
+                current: now,
+                original: was,
+            });
+        }
+    }
+    // A restored min above a max someone raised, or the reverse, would be refused: keep it valid.
+    if out.effective_min() > out.max_replicas {
+        return (None, left);
+    }
+    ((!out.equivalent(current)).then_some(out), left)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +268,57 @@ mod tests {
                 "stable {stable}, weight {weight}, headroom {headroom}"
             );
         }
+    }
+
+    #[test]
+    fn restore_fields_table() {
+        let none: &[&str] = &[];
+        type Case<'a> = (Bounds, Bounds, &'a [Bounds], Option<Bounds>, &'a [&'a str]);
+        #[rustfmt::skip]
+        let cases: &[Case] = &[
+            // original, current, canaryd's values, written, left alone
+            (b(Some(2), 10), b(Some(4), 10), &[b(Some(4), 10)], Some(b(Some(2), 10)), none),
+            (b(None, 10), b(Some(4), 10), &[b(Some(4), 10)], Some(b(None, 10)), none),
+            // an incident bump of max: min back, max kept
+            (b(Some(2), 10), b(Some(4), 20), &[b(Some(4), 10)], Some(b(Some(2), 20)), &["maxReplicas"]),
+            // canaryd raised max too, someone raised it further: kept
+            (b(Some(1), 3), b(Some(4), 8), &[b(Some(4), 4)], Some(b(Some(1), 8)), &["maxReplicas"]),
+            // canaryd raised max; still canaryd's: back
+            (b(Some(1), 3), b(Some(4), 4), &[b(Some(4), 4)], Some(b(Some(1), 3)), none),
+            // min changed by someone: left alone; nothing else to do
+            (b(Some(2), 10), b(Some(7), 10), &[b(Some(4), 10)], None, &["minReplicas"]),
+            // any of canaryd's values counts (the one a crash kept out of the record)
+            (b(Some(1), 10), b(Some(2), 10), &[b(Some(1), 10), b(Some(2), 10), b(Some(4), 10)], Some(b(Some(1), 10)), none),
+            // canaryd never changed min: never written, even though it differs now
+            (b(Some(2), 10), b(Some(5), 10), &[b(Some(2), 10)], None, &["minReplicas"]),
+            // already back, or the same behaviour (absent min = 1)
+            (b(Some(2), 10), b(Some(2), 10), &[b(Some(4), 10)], None, none),
+            (b(None, 10), b(Some(1), 10), &[b(Some(4), 10)], None, none),
+        ];
+        for (original, current, ours, write, left) in cases {
+            let (got, got_left) = restore_fields(*original, *current, ours);
+            assert_eq!(got, *write, "{original:?} {current:?} {ours:?}");
+            let fields: Vec<&str> = got_left.iter().map(|l| l.field).collect();
+            assert_eq!(fields, *left, "{original:?} {current:?} {ours:?}");
+        }
+    }
+
+    #[test]
+    fn managed_fields_keep_what_canaryd_does_not_change() {
+        // Pinning min keeps someone's max; raising max (policy) writes it.
+        assert_eq!(
+            managed_fields(b(Some(4), 10), b(Some(2), 10), b(Some(2), 20)),
+            b(Some(4), 20)
+        );
+        assert_eq!(
+            managed_fields(b(Some(4), 4), b(Some(1), 3), b(Some(1), 3)),
+            b(Some(4), 4)
+        );
+        // Nothing to change: whatever is there stays.
+        assert_eq!(
+            managed_fields(b(Some(2), 10), b(Some(2), 10), b(Some(3), 12)),
+            b(Some(3), 12)
+        );
     }
 
     #[test]
