@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use canaryd::cli::{self, status, validate};
-use canaryd::controller::leader;
-use canaryd::gates::commands::CommandKind;
+use canaryd::controller::{Options, leader};
+use canaryd::gates::commands::{CommandKind, Outcome};
 use canaryd::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
 
@@ -47,6 +47,16 @@ struct Election {
     lease_duration: Duration,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CrdKind {
+    #[value(name = "rolloutpolicy")]
+    RolloutPolicy,
+    #[value(name = "metricprovider")]
+    MetricProvider,
+    #[value(name = "rolloutcommand")]
+    RolloutCommand,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
@@ -59,11 +69,20 @@ enum Command {
         /// Watch RolloutPolicies in this namespace only (default: all).
         #[arg(long, env = "CANARYD_NAMESPACE")]
         namespace: Option<String>,
+        /// The daemon's own namespace: the only one where it reads Secrets (MetricProviders').
+        #[arg(long, env = "POD_NAMESPACE", default_value = "canaryd-system")]
+        secrets_namespace: String,
+        /// A RolloutCommand older than this does nothing (e.g. re-applied from Git or a backup).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        command_ttl: Duration,
         #[command(flatten)]
         election: Election,
     },
-    /// Print the RolloutPolicy CRD (YAML).
-    Crd,
+    /// Print a CRD (YAML): RolloutPolicy by default.
+    Crd {
+        #[arg(value_enum, default_value = "rolloutpolicy")]
+        kind: CrdKind,
+    },
     /// Pass the current pause or approval gate.
     Promote {
         #[command(flatten)]
@@ -138,13 +157,25 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run {
             listen,
             namespace,
+            secrets_namespace,
+            command_ttl,
             election,
             ..
         } => {
-            return run(listen, namespace, election).await.map(|_| ExitCode::SUCCESS);
+            let options = Options {
+                namespace,
+                secrets_namespace,
+                command_ttl,
+            };
+            return run(listen, options, election).await.map(|_| ExitCode::SUCCESS);
         }
-        Command::Crd => {
-            print!("{}", canaryd::policy::crd_yaml()?);
+        Command::Crd { kind } => {
+            let yaml = match kind {
+                CrdKind::RolloutPolicy => canaryd::policy::crd_yaml()?,
+                CrdKind::MetricProvider => canaryd::policy::provider_crd_yaml()?,
+                CrdKind::RolloutCommand => canaryd::policy::command_crd_yaml()?,
+            };
+            print!("{yaml}");
             return Ok(ExitCode::SUCCESS);
         }
         Command::Validate { path } => return validate_cmd(&path),
@@ -185,13 +216,21 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     let ns = target
         .namespace
         .unwrap_or_else(|| client.default_namespace().to_string());
-    let id = cli::send(&client, &ns, &target.name, kind)
+    let command = cli::send(&client, &ns, &target.name, kind)
         .await
         .with_context(|| format!("sending {} to RolloutPolicy {ns}/{}", kind.as_str(), target.name))?;
-    println!("{} sent to {ns}/{} (command {id})", kind.as_str(), target.name);
+    println!(
+        "{} sent to {ns}/{} (RolloutCommand {command})",
+        kind.as_str(),
+        target.name
+    );
     if !target.no_wait {
-        match cli::wait_handled(&client, &ns, &target.name, &id, Duration::from_secs(30)).await? {
-            Some(message) => println!("{message}"),
+        match cli::wait_handled(&client, &ns, &command, Duration::from_secs(30)).await? {
+            Some(s) if s.outcome == Outcome::Acted => println!("{}", s.message),
+            Some(s) => {
+                println!("refused ({}): {}", s.reason, s.message);
+                return Ok(ExitCode::FAILURE);
+            }
             None => println!("not handled yet: is canaryd running?"),
         }
     }
@@ -220,7 +259,7 @@ fn validate_cmd(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn run(listen: SocketAddr, namespace: Option<String>, election: Election) -> anyhow::Result<()> {
+async fn run(listen: SocketAddr, options: Options, election: Election) -> anyhow::Result<()> {
     let client = client().await?;
     let metrics = Arc::new(canaryd::metrics::Metrics::default());
     let listener = tokio::net::TcpListener::bind(listen)
@@ -245,11 +284,11 @@ async fn run(listen: SocketAddr, namespace: Option<String>, election: Election) 
         .await?;
         tracing::info!(lease = %election.lease_name, %identity, "leading");
         tokio::select! {
-            done = canaryd::controller::run(client, metrics, namespace.as_deref()) => done.map_err(anyhow::Error::from),
+            done = canaryd::controller::run(client, metrics, options) => done.map_err(anyhow::Error::from),
             () = leader::lost(leading) => Err(anyhow::anyhow!("lost the lease; exiting so that only one daemon writes")),
         }
     } else {
-        canaryd::controller::run(client, metrics, namespace.as_deref())
+        canaryd::controller::run(client, metrics, options)
             .await
             .map_err(anyhow::Error::from)
     };

@@ -16,7 +16,9 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::gates::commands::RolloutCommand;
 use crate::mesh::istio::{destination_rule_resource, virtual_service_resource};
+use crate::policy::provider::MetricProvider;
 
 /// How long the first list of every kind may take before the daemon gives up (RBAC, missing CRD).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,6 +31,9 @@ pub struct Caches {
     /// VirtualServices and DestinationRules of every namespace: policies may name other namespaces.
     pub virtual_services: Store<DynamicObject>,
     pub destination_rules: Store<DynamicObject>,
+    /// RolloutCommands (of `namespace`, or everywhere) and the cluster's MetricProviders.
+    pub commands: Store<RolloutCommand>,
+    pub providers: Store<MetricProvider>,
     vs_resource: ApiResource,
     dr_resource: ApiResource,
 }
@@ -72,6 +77,8 @@ impl Caches {
             hpas: spawn(api::<HorizontalPodAutoscaler>(client, namespace), ()),
             virtual_services: spawn(Api::all_with(client.clone(), &vs_resource), vs_resource.clone()),
             destination_rules: spawn(Api::all_with(client.clone(), &dr_resource), dr_resource.clone()),
+            commands: spawn(api::<RolloutCommand>(client, namespace), ()),
+            providers: spawn(Api::all(client.clone()), ()),
             vs_resource,
             dr_resource,
         };
@@ -80,6 +87,8 @@ impl Caches {
             caches.deployments.wait_until_ready().await?;
             caches.hpas.wait_until_ready().await?;
             caches.virtual_services.wait_until_ready().await?;
+            caches.commands.wait_until_ready().await?;
+            caches.providers.wait_until_ready().await?;
             caches.destination_rules.wait_until_ready().await
         };
         match tokio::time::timeout(READY_TIMEOUT, ready).await {
@@ -96,6 +105,10 @@ impl Caches {
 
     pub fn deployment(&self, ns: &str, name: &str) -> Option<std::sync::Arc<Deployment>> {
         self.deployments.get(&ObjectRef::new(name).within(ns))
+    }
+
+    pub fn provider(&self, name: &str) -> Option<std::sync::Arc<MetricProvider>> {
+        self.providers.get(&ObjectRef::new(name))
     }
 
     pub fn virtual_service(&self, ns: &str, name: &str) -> Option<std::sync::Arc<DynamicObject>> {

@@ -4,6 +4,7 @@
 mod act;
 mod analysis;
 pub mod cache;
+mod commands;
 pub mod leader;
 pub mod observe;
 
@@ -23,6 +24,7 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::analysis::engine::{Engine, Key};
 use crate::error::{Error, Result};
+use crate::gates::commands::RolloutCommand;
 use crate::metrics::Metrics;
 use crate::plan::plan;
 use crate::policy::types::Phase;
@@ -32,8 +34,20 @@ use crate::policy::types::RolloutPolicy;
 const RESYNC: Duration = Duration::from_secs(30);
 const ERROR_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How the daemon runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Watch RolloutPolicies (and RolloutCommands) in this namespace only; None: all.
+    pub namespace: Option<String>,
+    /// The daemon's own namespace: the only one where it reads Secrets (MetricProviders').
+    pub secrets_namespace: String,
+    /// A RolloutCommand older than this does nothing.
+    pub command_ttl: Duration,
+}
+
 pub struct Context {
     pub client: Client,
+    pub options: Options,
     pub caches: cache::Caches,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
@@ -41,11 +55,21 @@ pub struct Context {
 }
 
 /// Run the controller until SIGTERM/SIGINT, over all namespaces or just one.
-pub async fn run(client: Client, metrics: Arc<Metrics>, namespace: Option<&str>) -> Result<()> {
+pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options) -> Result<()> {
+    let namespace = options.namespace.as_deref();
     let caches = cache::Caches::start(&client, namespace).await?;
-    let (policies, deployments): (Api<RolloutPolicy>, Api<Deployment>) = match namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+    let (policies, deployments, commands): (Api<RolloutPolicy>, Api<Deployment>, Api<RolloutCommand>) = match namespace
+    {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
     };
     let reporter = Reporter {
         controller: "canaryd".into(),
@@ -57,6 +81,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, namespace: Option<&str>)
     tokio::spawn(engine.clone().run());
     let ctx = Arc::new(Context {
         client: client.clone(),
+        options: options.clone(),
         caches,
         recorder: Recorder::new(client, reporter),
         metrics,
@@ -78,6 +103,15 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, namespace: Option<&str>)
                     .filter(|p| p.namespace() == ns && names_deployment(p, &name))
                     .map(|p| ObjectRef::from_obj(&*p))
                     .collect::<Vec<_>>()
+            },
+        )
+        // A new command wakes the policy it names.
+        .watches(
+            commands,
+            watcher::Config::default().any_semantic(),
+            |c: RolloutCommand| {
+                let ns = c.namespace().unwrap_or_default();
+                Some(ObjectRef::new(&c.spec.policy).within(&ns))
             },
         )
         .reconcile_on(woken.map(|(ns, name)| ObjectRef::new(&name).within(&ns)))
@@ -156,12 +190,17 @@ impl RolloutPolicy {
     async fn reconcile(&self, ctx: &Context) -> Result<Requeue> {
         let key: Key = (self.namespace().unwrap_or_default(), self.name_any());
         let fresh = observe::Fresh::read_if_recording(&ctx.client, self).await?;
-        let seen = observe::observe(&ctx.caches, self, ctx.engine.latest(&key), fresh)?;
+        let command = commands::next(ctx, self).await?;
+        let mut seen = observe::observe(&ctx.caches, self, ctx.engine.latest(&key), fresh)?;
+        seen.observed.command = command.as_ref().map(|c| c.command.clone());
         let current = self.status.clone().unwrap_or_default();
         let plan = plan(&self.spec, &current, &seen.observed, Timestamp::now());
         act::carry_out(self, ctx, &plan.actions).await?;
         if plan.status != current {
             act::write_status(self, ctx, &plan.status).await?;
+            if let Some(command) = &command {
+                commands::finish(ctx, self, command, &plan.status).await?;
+            }
             if plan.status.phase != current.phase {
                 match plan.status.phase {
                     Phase::RolledBack => ctx.metrics.rollbacks.inc(),
@@ -170,7 +209,15 @@ impl RolloutPolicy {
                 };
             }
         }
-        let request = analysis::request(&ctx.client, self, &plan.status, &seen.versions).await?;
+        let request = analysis::request(
+            &ctx.client,
+            &ctx.caches,
+            &ctx.options.secrets_namespace,
+            self,
+            &plan.status,
+            &seen.versions,
+        )
+        .await?;
         ctx.engine.want(key, request);
         ctx.metrics.record_policy(self, &plan.status);
         Ok(match plan.requeue {

@@ -502,7 +502,7 @@ mod analysis {
     use super::*;
     use crate::analysis::engine::Check;
     use crate::policy::types::{
-        Analysis, MetricCheck, MetricResult, OnProviderError, PrometheusProvider, ProviderErrorAction, Verdict,
+        Analysis, MetricCheck, MetricResult, OnProviderError, PrometheusAddress, ProviderErrorAction, Verdict,
     };
 
     fn analysis(failure_limit: u32, inconclusive_limit: u32, on_error: ProviderErrorAction) -> Analysis {
@@ -516,12 +516,11 @@ mod analysis {
                 after: 2,
                 action: on_error,
             },
-            prometheus: PrometheusProvider {
+            provider: None,
+            prometheus: Some(PrometheusAddress {
                 address: "http://prometheus:9090".into(),
-                auth: None,
-                ca_secret: None,
                 timeout: Duration::from_secs(5),
-            },
+            }),
             metrics: vec![MetricCheck {
                 name: "success-rate".into(),
                 template: Some("istio-request-success-rate".into()),

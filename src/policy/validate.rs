@@ -133,20 +133,14 @@ fn validate_analysis(a: &Analysis) -> Vec<FieldError> {
     if a.interval < Duration::from_secs(1) {
         errors.push(err("spec.analysis.interval", "must be at least 1s"));
     }
-    let address = &a.prometheus.address;
-    if !(address.starts_with("http://") || address.starts_with("https://")) {
-        errors.push(err(
+    match (&a.provider, &a.prometheus) {
+        (Some(_), None) => {}
+        (None, Some(p)) if p.address.starts_with("http://") || p.address.starts_with("https://") => {}
+        (None, Some(p)) => errors.push(err(
             "spec.analysis.prometheus.address",
-            format!("{address:?} is not an http:// or https:// URL"),
-        ));
-    }
-    if let Some(auth) = &a.prometheus.auth
-        && auth.bearer_token_secret.is_some() == auth.basic_auth_secret.is_some()
-    {
-        errors.push(err(
-            "spec.analysis.prometheus.auth",
-            "exactly one of bearerTokenSecret or basicAuthSecret",
-        ));
+            format!("{:?} is not an http:// or https:// URL", p.address),
+        )),
+        _ => errors.push(err("spec.analysis", "exactly one of provider or prometheus")),
     }
     if a.metrics.is_empty() {
         errors.push(err("spec.analysis.metrics", "at least one metric is required"));
