@@ -88,11 +88,17 @@ async fn assert_refused(seed: &Seed, name: &str, reason: &str, weights: &[(&str,
         status.outcome == Outcome::Refused && status.reason == reason,
         format!("{name}: want Refused/{reason}, got {status:?}"),
     )?;
-    let events = seed.events(POLICY, "CommandRefused").await?;
-    ensure(
-        events.iter().any(|e| e.contains(name) && e.contains(reason)),
-        format!("no CommandRefused event naming {name} and {reason}: {events:?}"),
-    )?;
+    // The Event follows the outcome.
+    let mut events = Vec::new();
+    support::wait_until("the CommandRefused event", T, async || {
+        events = seed.events(POLICY, "CommandRefused").await?;
+        Ok(events
+            .iter()
+            .any(|e| e.contains(name) && e.contains(reason))
+            .then_some(()))
+    })
+    .await
+    .with_context(|| format!("no CommandRefused event naming {name} and {reason}: {events:?}"))?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     seed.wait_weights(&seed.vs_ns, VS, 1, weights, Duration::from_secs(1))
         .await?;

@@ -6,15 +6,17 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use crate::analysis::engine::Key;
 use crate::error::{Error, Result};
 use crate::gates::commands::RolloutCommand;
 use crate::mesh::istio::{destination_rule_resource, virtual_service_resource};
@@ -44,22 +46,34 @@ where
     K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
+    spawn_notifying(api, dyntype, |_| {})
+}
+
+/// Like [`spawn`], calling `notify` with every object touched, after the store holds it.
+fn spawn_notifying<K>(api: Api<K>, dyntype: K::DynamicType, notify: impl Fn(&K) + Send + 'static) -> Store<K>
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
     let writer = Writer::new(dyntype);
     let reader = writer.as_reader();
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default().any_semantic()))
         .default_backoff()
         .touched_objects();
-    tokio::spawn(stream.for_each(|event| async move {
-        if let Err(e) = event {
-            tracing::warn!(error = %e, "cache watch error; retrying");
+    tokio::spawn(stream.for_each(move |event| {
+        match event {
+            Ok(object) => notify(&object),
+            Err(e) => tracing::warn!(error = %e, "cache watch error; retrying"),
         }
+        futures::future::ready(())
     }));
     reader
 }
 
 impl Caches {
     /// Start the watches (policy-side kinds in `namespace`, or everywhere) and wait for their first list.
-    pub async fn start(client: &Client, namespace: Option<&str>) -> Result<Self> {
+    /// A RolloutCommand's policy is sent to `wake` once the cache holds the command.
+    pub async fn start(client: &Client, namespace: Option<&str>, wake: UnboundedSender<Key>) -> Result<Self> {
         fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(
             client: &Client,
             namespace: Option<&str>,
@@ -77,7 +91,13 @@ impl Caches {
             hpas: spawn(api::<HorizontalPodAutoscaler>(client, namespace), ()),
             virtual_services: spawn(Api::all_with(client.clone(), &vs_resource), vs_resource.clone()),
             destination_rules: spawn(Api::all_with(client.clone(), &dr_resource), dr_resource.clone()),
-            commands: spawn(api::<RolloutCommand>(client, namespace), ()),
+            commands: spawn_notifying(
+                api::<RolloutCommand>(client, namespace),
+                (),
+                move |c: &RolloutCommand| {
+                    let _ = wake.unbounded_send((c.namespace().unwrap_or_default(), c.spec.policy.clone()));
+                },
+            ),
             providers: spawn(Api::all(client.clone()), ()),
             vs_resource,
             dr_resource,

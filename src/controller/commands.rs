@@ -77,7 +77,7 @@ pub async fn next(ctx: &Context, policy: &RolloutPolicy) -> Result<Option<Admitt
                     cmd.name_any(),
                     refusal.reason()
                 );
-                publish(ctx, policy, note).await;
+                publish(ctx, policy, &cmd, note).await;
             }
         }
     }
@@ -133,14 +133,15 @@ async fn record(
     }
 }
 
-/// Best effort, like every Event: a lost Event must not hold up the rollout.
-async fn publish(ctx: &Context, policy: &RolloutPolicy, note: String) {
+/// Best effort, like every Event: a lost Event must not hold up the rollout. The command is the
+/// Event's `related` object, so that each refusal gets its own Event, not a count on the last one.
+async fn publish(ctx: &Context, policy: &RolloutPolicy, cmd: &RolloutCommand, note: String) {
     let event = Event {
         type_: EventType::Warning,
         reason: "CommandRefused".into(),
         note: Some(note),
         action: "Command".into(),
-        secondary: None,
+        secondary: Some(cmd.object_ref(&())),
     };
     if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
         warn!(error = %e, "could not publish event");

@@ -24,7 +24,6 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::analysis::engine::{Engine, Key};
 use crate::error::{Error, Result};
-use crate::gates::commands::RolloutCommand;
 use crate::metrics::Metrics;
 use crate::plan::plan;
 use crate::policy::types::Phase;
@@ -57,26 +56,18 @@ pub struct Context {
 /// Run the controller until SIGTERM/SIGINT, over all namespaces or just one.
 pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options) -> Result<()> {
     let namespace = options.namespace.as_deref();
-    let caches = cache::Caches::start(&client, namespace).await?;
-    let (policies, deployments, commands): (Api<RolloutPolicy>, Api<Deployment>, Api<RolloutCommand>) = match namespace
-    {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
+    // The analysis engine wakes a policy when a check of it is done, the command cache when a
+    // command for it arrives.
+    let (wake, woken) = futures::channel::mpsc::unbounded::<Key>();
+    let caches = cache::Caches::start(&client, namespace, wake.clone()).await?;
+    let (policies, deployments): (Api<RolloutPolicy>, Api<Deployment>) = match namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let reporter = Reporter {
         controller: "canaryd".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    // The analysis engine wakes a policy when a check of it is done.
-    let (wake, woken) = futures::channel::mpsc::unbounded::<Key>();
     let engine = Arc::new(Engine::new(wake, metrics.clone()));
     tokio::spawn(engine.clone().run());
     let ctx = Arc::new(Context {
@@ -103,15 +94,6 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options) -> Res
                     .filter(|p| p.namespace() == ns && names_deployment(p, &name))
                     .map(|p| ObjectRef::from_obj(&*p))
                     .collect::<Vec<_>>()
-            },
-        )
-        // A new command wakes the policy it names.
-        .watches(
-            commands,
-            watcher::Config::default().any_semantic(),
-            |c: RolloutCommand| {
-                let ns = c.namespace().unwrap_or_default();
-                Some(ObjectRef::new(&c.spec.policy).within(&ns))
             },
         )
         .reconcile_on(woken.map(|(ns, name)| ObjectRef::new(&name).within(&ns)))
