@@ -10,7 +10,8 @@ use anyhow::Context as _;
 use canaryd::cli::{self, status, validate};
 use canaryd::controller::cache::Caches;
 use canaryd::controller::leader::{self, Elector, LeaderGuard};
-use canaryd::gates::commands::CommandKind;
+use canaryd::controller::{Options, Parts};
+use canaryd::gates::commands::{CommandKind, Outcome};
 use canaryd::http::{Health, Role};
 use canaryd::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
@@ -54,6 +55,16 @@ struct Election {
     renew_deadline: Option<Duration>,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CrdKind {
+    #[value(name = "rolloutpolicy")]
+    RolloutPolicy,
+    #[value(name = "metricprovider")]
+    MetricProvider,
+    #[value(name = "rolloutcommand")]
+    RolloutCommand,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
@@ -69,11 +80,20 @@ enum Command {
         /// /healthz fails when a watch has failed, or a reconcile has run, for longer than this.
         #[arg(long, default_value = "2m", env = "CANARYD_STUCK_TIMEOUT", value_parser = humantime::parse_duration)]
         stuck_timeout: Duration,
+        /// The daemon's own namespace: the only one where it reads Secrets (MetricProviders').
+        #[arg(long, env = "POD_NAMESPACE", default_value = "canaryd-system")]
+        secrets_namespace: String,
+        /// A RolloutCommand older than this does nothing (e.g. re-applied from Git or a backup).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        command_ttl: Duration,
         #[command(flatten)]
         election: Election,
     },
-    /// Print the RolloutPolicy CRD (YAML).
-    Crd,
+    /// Print a CRD (YAML): RolloutPolicy by default.
+    Crd {
+        #[arg(value_enum, default_value = "rolloutpolicy")]
+        kind: CrdKind,
+    },
     /// Pass the current pause or approval gate.
     Promote {
         #[command(flatten)]
@@ -148,16 +168,28 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run {
             listen,
             namespace,
+            secrets_namespace,
+            command_ttl,
             election,
             stuck_timeout,
             ..
         } => {
-            return run(listen, namespace, election, stuck_timeout)
+            let options = Options {
+                namespace,
+                secrets_namespace,
+                command_ttl,
+            };
+            return run(listen, options, election, stuck_timeout)
                 .await
                 .map(|_| ExitCode::SUCCESS);
         }
-        Command::Crd => {
-            print!("{}", canaryd::policy::crd_yaml()?);
+        Command::Crd { kind } => {
+            let yaml = match kind {
+                CrdKind::RolloutPolicy => canaryd::policy::crd_yaml()?,
+                CrdKind::MetricProvider => canaryd::policy::provider_crd_yaml()?,
+                CrdKind::RolloutCommand => canaryd::policy::command_crd_yaml()?,
+            };
+            print!("{yaml}");
             return Ok(ExitCode::SUCCESS);
         }
         Command::Validate { path } => return validate_cmd(&path),
@@ -198,13 +230,21 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     let ns = target
         .namespace
         .unwrap_or_else(|| client.default_namespace().to_string());
-    let id = cli::send(&client, &ns, &target.name, kind)
+    let command = cli::send(&client, &ns, &target.name, kind)
         .await
         .with_context(|| format!("sending {} to RolloutPolicy {ns}/{}", kind.as_str(), target.name))?;
-    println!("{} sent to {ns}/{} (command {id})", kind.as_str(), target.name);
+    println!(
+        "{} sent to {ns}/{} (RolloutCommand {command})",
+        kind.as_str(),
+        target.name
+    );
     if !target.no_wait {
-        match cli::wait_handled(&client, &ns, &target.name, &id, Duration::from_secs(30)).await? {
-            Some(message) => println!("{message}"),
+        match cli::wait_handled(&client, &ns, &command, Duration::from_secs(30)).await? {
+            Some(s) if s.outcome == Outcome::Acted => println!("{}", s.message),
+            Some(s) => {
+                println!("refused ({}): {}", s.reason, s.message);
+                return Ok(ExitCode::FAILURE);
+            }
             None => println!("not handled yet: is canaryd running?"),
         }
     }
@@ -233,12 +273,7 @@ fn validate_cmd(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn run(
-    listen: SocketAddr,
-    namespace: Option<String>,
-    election: Election,
-    stuck_timeout: Duration,
-) -> anyhow::Result<()> {
+async fn run(listen: SocketAddr, options: Options, election: Election, stuck_timeout: Duration) -> anyhow::Result<()> {
     let client = client().await?;
     let metrics = Arc::new(canaryd::metrics::Metrics::default());
     let health = Arc::new(Health::new(stuck_timeout));
@@ -252,7 +287,15 @@ async fn run(
     let app = canaryd::http::router(metrics.clone(), health.clone());
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     // A standby fills its caches too: it is ready, and takes over without a cold start.
-    let caches = Caches::start(&client, namespace.as_deref(), &health);
+    let (wake, woken) = canaryd::controller::wake_channel();
+    let caches = Caches::start(&client, options.namespace.as_deref(), &health, wake.clone());
+    let parts = |leader| Parts {
+        caches,
+        wake,
+        woken,
+        leader,
+        health: health.clone(),
+    };
     let result = if election.leader_elect {
         let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("canaryd-{}", std::process::id()));
         let elector = Elector::new(
@@ -270,14 +313,7 @@ async fn run(
         elector.acquire().await?;
         health.set_role(Role::Leader);
         tracing::info!(lease = %election.lease_name, %identity, "leading");
-        let controller = canaryd::controller::run(
-            client,
-            metrics,
-            namespace.as_deref(),
-            caches,
-            elector.guard(),
-            health.clone(),
-        );
+        let controller = canaryd::controller::run(client, metrics, options, parts(elector.guard()));
         let result = tokio::select! {
             done = controller => done.map_err(anyhow::Error::from),
             () = elector.hold() => Err(anyhow::anyhow!("lost the lease; exiting so that only one daemon writes")),
@@ -287,16 +323,9 @@ async fn run(
         }
         result
     } else {
-        canaryd::controller::run(
-            client,
-            metrics,
-            namespace.as_deref(),
-            caches,
-            LeaderGuard::unelected(),
-            health,
-        )
-        .await
-        .map_err(anyhow::Error::from)
+        canaryd::controller::run(client, metrics, options, parts(LeaderGuard::unelected()))
+            .await
+            .map_err(anyhow::Error::from)
     };
     server.abort();
     result

@@ -21,12 +21,41 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[test]
 fn deploy_crd_is_not_stale() {
-    let generated = canaryd::policy::crd_yaml().expect("CRD renders");
-    let committed = std::fs::read_to_string(repo().join("deploy/crds/rolloutpolicy.yaml")).expect("deploy/crds exists");
-    assert!(
-        generated == committed,
-        "deploy/crds/rolloutpolicy.yaml is stale: run `cargo run -- crd > deploy/crds/rolloutpolicy.yaml`"
-    );
+    let crds = [
+        ("rolloutpolicy", canaryd::policy::crd_yaml()),
+        ("metricprovider", canaryd::policy::provider_crd_yaml()),
+        ("rolloutcommand", canaryd::policy::command_crd_yaml()),
+    ];
+    for (name, generated) in crds {
+        let generated = generated.expect("CRD renders");
+        let path = format!("deploy/crds/{name}.yaml");
+        let committed = std::fs::read_to_string(repo().join(&path)).expect("deploy/crds exists");
+        assert!(
+            generated == committed,
+            "{path} is stale: run `cargo run -- crd {name} > {path}`"
+        );
+    }
+}
+
+#[test]
+fn kustomization_lists_every_manifest() {
+    let deploy = repo().join("deploy");
+    let kustomization = std::fs::read_to_string(deploy.join("kustomization.yaml")).expect("kustomization");
+    let mut files = Vec::new();
+    yaml_files(&deploy, &mut files);
+    for file in files {
+        let rel = file
+            .strip_prefix(&deploy)
+            .expect("under deploy")
+            .to_string_lossy()
+            .into_owned();
+        if rel != "kustomization.yaml" {
+            assert!(
+                kustomization.contains(&format!("- {rel}\n")),
+                "{rel} is not in deploy/kustomization.yaml"
+            );
+        }
+    }
 }
 
 #[test]

@@ -90,7 +90,7 @@ async fn seed_scenario_walks_to_v2_touching_only_weights() -> Result<()> {
         seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 50), ("v2", 50)], T)
             .await?;
 
-        // An operator who may only get/list/watch/patch rolloutpolicies promotes it.
+        // An approver (deploy/roles.yaml: creates RolloutCommands, never writes the policy) promotes it.
         let operator = operator_kubeconfig(&seed).await?;
         let (ok, out) = cli(&operator, &["promote", POLICY, "-n", &seed.ns]).await?;
         ensure(ok, format!("promote failed: {out}"))?;

@@ -16,7 +16,7 @@ use super::judge::{self, Sample};
 use super::prometheus::{Credentials, PromClient, PromError};
 use super::templates::{self, Template, Vars};
 use crate::metrics::{CategoryLabels, Metrics, VerdictLabels};
-use crate::policy::types::{Analysis, MetricCheck, MetricResult, Verdict};
+use crate::policy::types::{Analysis, MetricCheck, MetricResult, PrometheusAddress, Verdict};
 
 /// How often the loop looks for due checks; intervals are whole seconds, so this is fine-grained enough.
 const TICK: Duration = Duration::from_millis(100);
@@ -31,6 +31,8 @@ pub struct Request {
     pub vars: Vars,
     /// When the canary first got traffic; nothing is judged before `since + startAfter`.
     pub since: Timestamp,
+    /// Where to ask: the policy's MetricProvider or its own plain address.
+    pub prometheus: PrometheusAddress,
     pub credentials: Option<Credentials>,
     pub ca_pem: Option<Vec<u8>>,
 }
@@ -143,8 +145,9 @@ impl Engine {
             return;
         };
         let fingerprint = format!(
-            "{}|{:?}|{}|{}|{:?}",
+            "{}|{:?}|{:?}|{}|{}|{:?}",
             serde_json::to_string(&request.analysis).unwrap_or_default(),
+            request.prometheus,
             request.vars,
             request.since,
             request
@@ -208,7 +211,7 @@ impl Engine {
         if let Some(c) = clients.get(provider) {
             return Ok(c.clone());
         }
-        let p = &request.analysis.prometheus;
+        let p = &request.prometheus;
         let client = PromClient::new(
             &p.address,
             request.credentials.clone(),
@@ -300,7 +303,7 @@ impl Entry {
 }
 
 fn provider_key(request: &Request) -> String {
-    let p = &request.analysis.prometheus;
+    let p = &request.prometheus;
     format!(
         "{}|{:?}|{}|{}",
         p.address,

@@ -107,7 +107,7 @@ impl PromClient {
         let endpoint = endpoint(address)?;
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("canaryd/", env!("CARGO_PKG_VERSION")))
-            // A redirect could lead credentials elsewhere; the address must be the final one.
+            // A redirect could carry the credentials to an address the provider does not name.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout);
         if let Some(pem) = ca_pem {

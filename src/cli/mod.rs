@@ -1,5 +1,6 @@
 //! The user-facing commands. They talk to the Kubernetes API with the user's kubeconfig, so RBAC
-//! decides who may; they never edit `spec` (Git owns it), only annotations.
+//! decides who may. Steering a rollout creates a RolloutCommand (an approver needs only `create`
+//! on rolloutcommands, never a write to the policy, whose spec Git owns).
 
 pub mod status;
 pub mod validate;
@@ -7,17 +8,26 @@ pub mod validate;
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
-use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use serde_json::json;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::{Client, Resource, ResourceExt};
 
-use crate::error::Result;
-use crate::gates::commands::{COMMAND, COMMAND_BY, COMMAND_ID, CommandKind};
+use crate::gates::commands::{CommandKind, RolloutCommand, RolloutCommandSpec, RolloutCommandStatus};
 use crate::policy::types::RolloutPolicy;
 
 pub const FIELD_MANAGER: &str = "canaryd-cli";
 
-/// The requester's identity as the API server sees it, for the Event; None when not allowed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("RolloutPolicy {0}: no rollout in progress, nothing to {1}")]
+    NoRollout(String, &'static str),
+    #[error("the API server did not say who you are (SelfSubjectReview); a command records its requester")]
+    NoIdentity,
+}
+
+/// The requester's identity as the API server sees it; None when not allowed.
 pub async fn whoami(client: &Client) -> Option<String> {
     let api: Api<SelfSubjectReview> = Api::all(client.clone());
     let review = api
@@ -27,46 +37,61 @@ pub async fn whoami(client: &Client) -> Option<String> {
     review.status?.user_info?.username
 }
 
-fn command_id() -> String {
-    let nanos = jiff::Timestamp::now().as_nanosecond();
-    format!("{nanos:x}-{:x}", std::process::id())
-}
-
-/// Set the command annotations; returns the command id.
-pub async fn send(client: &Client, namespace: &str, name: &str, kind: CommandKind) -> Result<String> {
-    let id = command_id();
-    let by = whoami(client).await;
-    let api: Api<RolloutPolicy> = Api::namespaced(client.clone(), namespace);
-    let patch = json!({"metadata": {"annotations": {
-        COMMAND: kind.as_str(),
-        COMMAND_ID: id,
-        COMMAND_BY: by,
-    }}});
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(patch))
+/// Create a RolloutCommand bound to the policy's current canary and step; returns its name.
+/// It belongs to the policy (ownerReference), so it goes when the policy goes.
+pub async fn send(client: &Client, namespace: &str, name: &str, kind: CommandKind) -> Result<String, CliError> {
+    let policy = Api::<RolloutPolicy>::namespaced(client.clone(), namespace)
+        .get(name)
         .await?;
-    Ok(id)
+    let status = policy.status.clone().unwrap_or_default();
+    let canary = status
+        .canary
+        .as_ref()
+        .ok_or_else(|| CliError::NoRollout(format!("{namespace}/{name}"), kind.as_str()))?;
+    let requested_by = whoami(client).await.ok_or(CliError::NoIdentity)?;
+    let owner = OwnerReference {
+        api_version: RolloutPolicy::api_version(&()).into_owned(),
+        kind: RolloutPolicy::kind(&()).into_owned(),
+        name: policy.name_any(),
+        uid: policy.uid().unwrap_or_default(),
+        ..Default::default()
+    };
+    let command = RolloutCommand {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}-{}-", kind.as_str())),
+            namespace: Some(namespace.into()),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: RolloutCommandSpec {
+            policy: name.into(),
+            command: kind,
+            canary: canary.template_hash.clone(),
+            step: status.step,
+            requested_by,
+        },
+        status: None,
+    };
+    let api: Api<RolloutCommand> = Api::namespaced(client.clone(), namespace);
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    Ok(api.create(&pp, &command).await?.name_any())
 }
 
-/// Wait until the daemon has handled command `id`; returns the policy's message then.
+/// Wait until the daemon has written the command's outcome.
 pub async fn wait_handled(
     client: &Client,
     namespace: &str,
-    name: &str,
-    id: &str,
+    command: &str,
     timeout: Duration,
-) -> Result<Option<String>> {
-    let api: Api<RolloutPolicy> = Api::namespaced(client.clone(), namespace);
+) -> Result<Option<RolloutCommandStatus>, CliError> {
+    let api: Api<RolloutCommand> = Api::namespaced(client.clone(), namespace);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let policy = api.get(name).await?;
-        if let Some(status) = policy.status
-            && status.last_command_id.as_deref() == Some(id)
-        {
-            return Ok(Some(format!(
-                "{}: {}",
-                status.phase,
-                status.message.unwrap_or_default()
-            )));
+        if let Some(status) = api.get(command).await?.status {
+            return Ok(Some(status));
         }
         if tokio::time::Instant::now() >= deadline {
             return Ok(None);

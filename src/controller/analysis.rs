@@ -1,5 +1,6 @@
 //! What the analysis engine must check for a policy, from its spec and the status just written.
-//! Credentials come from Kubernetes Secrets and stay out of logs (`Credentials` redacts itself).
+//! Credentials come only from a MetricProvider, whose Secrets are read in the daemon's own namespace,
+//! and stay out of logs (`Credentials` redacts itself). A policy's plain address gets none.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +12,10 @@ use crate::analysis::engine::Request;
 use crate::analysis::prometheus::Credentials;
 use crate::analysis::templates::{Vars, VersionVars};
 use crate::error::{Error, Result};
-use crate::policy::types::{RolloutPolicy, RolloutPolicyStatus, SecretKeyRef, VersionRef};
+use crate::policy::provider::MetricProvider;
+use crate::policy::types::{PrometheusAddress, RolloutPolicy, RolloutPolicyStatus, SecretKeyRef, VersionRef};
+
+use super::cache::Caches;
 
 fn version_vars(v: &VersionRef, versions: &BTreeMap<String, String>) -> VersionVars {
     VersionVars {
@@ -21,9 +25,12 @@ fn version_vars(v: &VersionRef, versions: &BTreeMap<String, String>) -> VersionV
     }
 }
 
-/// None when nothing is to be judged: no analysis, no canary in progress, or no traffic on it yet.
+/// None when nothing is to be judged: no analysis, no canary in progress, or no traffic on it yet,
+/// or a provider that does not exist (observe reports it).
 pub async fn request(
     client: &Client,
+    caches: &Caches,
+    secrets_namespace: &str,
     policy: &RolloutPolicy,
     status: &RolloutPolicyStatus,
     versions: &BTreeMap<String, String>,
@@ -40,28 +47,16 @@ pub async fn request(
     if canary.halted.is_some() {
         return Ok(None);
     }
-    let ns = policy.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let prom = &analysis.prometheus;
-    let credentials = match &prom.auth {
-        None => None,
-        Some(auth) => match (&auth.bearer_token_secret, &auth.basic_auth_secret) {
-            (Some(r), _) => Some(Credentials::Bearer(secret_value(&secrets, r).await?)),
-            (None, Some(r)) => {
-                let key = |key: &str| SecretKeyRef {
-                    name: r.name.clone(),
-                    key: key.into(),
-                };
-                let username = secret_value(&secrets, &key("username")).await?;
-                let password = secret_value(&secrets, &key("password")).await?;
-                Some(Credentials::Basic { username, password })
+    let (prometheus, credentials, ca_pem) = match (&analysis.provider, &analysis.prometheus) {
+        (Some(name), _) => match caches.provider(name) {
+            Some(provider) => {
+                let secrets: Api<Secret> = Api::namespaced(client.clone(), secrets_namespace);
+                resolve(&secrets, &provider).await?
             }
-            (None, None) => None,
+            None => return Ok(None),
         },
-    };
-    let ca_pem = match &prom.ca_secret {
-        Some(r) => Some(secret_value(&secrets, r).await?.into_bytes()),
-        None => None,
+        (None, Some(plain)) => (plain.clone(), None, None),
+        (None, None) => return Ok(None),
     };
     let canary_ref = VersionRef {
         subset: canary.subset.clone(),
@@ -69,7 +64,7 @@ pub async fn request(
     };
     Ok(Some(Request {
         vars: Vars {
-            namespace: ns,
+            namespace: policy.namespace().unwrap_or_default(),
             service: policy.spec.service.clone(),
             window: String::new(),
             stable: version_vars(stable, versions),
@@ -77,9 +72,42 @@ pub async fn request(
         },
         analysis,
         since,
+        prometheus,
         credentials,
         ca_pem,
     }))
+}
+
+type Resolved = (PrometheusAddress, Option<Credentials>, Option<Vec<u8>>);
+
+/// A provider's address with the credentials and CA its Secrets hold.
+async fn resolve(secrets: &Api<Secret>, provider: &MetricProvider) -> Result<Resolved> {
+    let spec = &provider.spec;
+    let credentials = match &spec.auth {
+        None => None,
+        Some(auth) => match (&auth.bearer_token_secret, &auth.basic_auth_secret) {
+            (Some(r), _) => Some(Credentials::Bearer(secret_value(secrets, r).await?)),
+            (None, Some(r)) => {
+                let key = |key: &str| SecretKeyRef {
+                    name: r.name.clone(),
+                    key: key.into(),
+                };
+                let username = secret_value(secrets, &key("username")).await?;
+                let password = secret_value(secrets, &key("password")).await?;
+                Some(Credentials::Basic { username, password })
+            }
+            (None, None) => None,
+        },
+    };
+    let ca_pem = match &spec.ca_secret {
+        Some(r) => Some(secret_value(secrets, r).await?.into_bytes()),
+        None => None,
+    };
+    let address = PrometheusAddress {
+        address: spec.address.clone(),
+        timeout: spec.timeout,
+    };
+    Ok((address, credentials, ca_pem))
 }
 
 async fn secret_value(secrets: &Api<Secret>, r: &SecretKeyRef) -> Result<String> {

@@ -7,18 +7,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use crate::analysis::engine::Key;
 use crate::error::{Error, Result};
+use crate::gates::commands::RolloutCommand;
 use crate::http::Health;
 use crate::mesh::istio::{destination_rule_resource, virtual_service_resource};
+use crate::policy::provider::MetricProvider;
 
 /// How often the daemon says why its caches have not filled yet (RBAC, missing CRD).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,6 +35,9 @@ pub struct Caches {
     /// VirtualServices and DestinationRules of every namespace: policies may name other namespaces.
     pub virtual_services: Store<DynamicObject>,
     pub destination_rules: Store<DynamicObject>,
+    /// RolloutCommands (of `namespace`, or everywhere) and the cluster's MetricProviders.
+    pub commands: Store<RolloutCommand>,
+    pub providers: Store<MetricProvider>,
     vs_resource: ApiResource,
     dr_resource: ApiResource,
     /// True once every store had its first list. (A store's own readiness wakes only one waiter.)
@@ -44,24 +51,41 @@ where
     K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
+    spawn_notifying(api, dyntype, kind, health, |_| {})
+}
+
+/// Like [`spawn`], calling `notify` with every object touched, after the store holds it.
+fn spawn_notifying<K>(
+    api: Api<K>,
+    dyntype: K::DynamicType,
+    kind: &'static str,
+    health: Arc<Health>,
+    notify: impl Fn(&K) + Send + 'static,
+) -> Store<K>
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
     let writer = Writer::new(dyntype);
     let reader = writer.as_reader();
     let watch = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .inspect(move |item| health.watch_item(kind, item));
     let stream = reflector::reflector(writer, watch).touched_objects();
-    tokio::spawn(stream.for_each(|event| async move {
-        if let Err(e) = event {
-            tracing::warn!(error = %e, "cache watch error; retrying");
+    tokio::spawn(stream.for_each(move |event| {
+        match event {
+            Ok(object) => notify(&object),
+            Err(e) => tracing::warn!(error = %e, "cache watch error; retrying"),
         }
+        futures::future::ready(())
     }));
     reader
 }
 
 impl Caches {
     /// Start the watches (policy-side kinds in `namespace`, or everywhere); [`Caches::ready`] waits
-    /// for their first list.
-    pub fn start(client: &Client, namespace: Option<&str>, health: &Arc<Health>) -> Self {
+    /// for their first list. A RolloutCommand's policy is sent to `wake` once the cache holds the command.
+    pub fn start(client: &Client, namespace: Option<&str>, health: &Arc<Health>, wake: UnboundedSender<Key>) -> Self {
         fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(
             client: &Client,
             namespace: Option<&str>,
@@ -96,6 +120,16 @@ impl Caches {
                 "destinationrules",
                 h(),
             ),
+            commands: spawn_notifying(
+                api::<RolloutCommand>(client, namespace),
+                (),
+                "rolloutcommands",
+                h(),
+                move |c: &RolloutCommand| {
+                    let _ = wake.unbounded_send((c.namespace().unwrap_or_default(), c.spec.policy.clone()));
+                },
+            ),
+            providers: spawn(Api::all(client.clone()), (), "metricproviders", h()),
             vs_resource,
             dr_resource,
             synced,
@@ -111,6 +145,8 @@ impl Caches {
             self.deployments.wait_until_ready().await?;
             self.hpas.wait_until_ready().await?;
             self.virtual_services.wait_until_ready().await?;
+            self.commands.wait_until_ready().await?;
+            self.providers.wait_until_ready().await?;
             self.destination_rules.wait_until_ready().await
         };
         tokio::pin!(ready);
@@ -149,6 +185,10 @@ impl Caches {
 
     pub fn deployment(&self, ns: &str, name: &str) -> Option<std::sync::Arc<Deployment>> {
         self.deployments.get(&ObjectRef::new(name).within(ns))
+    }
+
+    pub fn provider(&self, name: &str) -> Option<std::sync::Arc<MetricProvider>> {
+        self.providers.get(&ObjectRef::new(name))
     }
 
     pub fn virtual_service(&self, ns: &str, name: &str) -> Option<std::sync::Arc<DynamicObject>> {

@@ -4,6 +4,7 @@
 mod act;
 mod analysis;
 pub mod cache;
+mod commands;
 pub mod leader;
 pub mod observe;
 
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
@@ -34,8 +36,20 @@ use leader::LeaderGuard;
 
 const ERROR_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How the daemon runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Watch RolloutPolicies (and RolloutCommands) in this namespace only; None: all.
+    pub namespace: Option<String>,
+    /// The daemon's own namespace: the only one where it reads Secrets (MetricProviders').
+    pub secrets_namespace: String,
+    /// A RolloutCommand older than this does nothing.
+    pub command_ttl: Duration,
+}
+
 pub struct Context {
     pub client: Client,
+    pub options: Options,
     pub caches: cache::Caches,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
@@ -52,17 +66,34 @@ fn policy_resource() -> ApiResource {
     ApiResource::erase::<RolloutPolicy>(&())
 }
 
-/// Run the controller until SIGTERM/SIGINT, over all namespaces or just one, with `caches`
-/// started by [`cache::Caches::start`]; every write is checked against `leader`.
-pub async fn run(
-    client: Client,
-    metrics: Arc<Metrics>,
-    namespace: Option<&str>,
-    caches: cache::Caches,
-    leader: LeaderGuard,
-    health: Arc<Health>,
-) -> Result<()> {
+/// Wakes a policy out of turn: the analysis engine when a check of it is done, the command cache
+/// when a command for it arrives.
+pub fn wake_channel() -> (UnboundedSender<Key>, UnboundedReceiver<Key>) {
+    futures::channel::mpsc::unbounded()
+}
+
+/// What the daemon starts before it leads: caches fill on a standby too, so it takes over warm.
+pub struct Parts {
+    /// Started by [`cache::Caches::start`] with `wake`.
+    pub caches: cache::Caches,
+    pub wake: UnboundedSender<Key>,
+    pub woken: UnboundedReceiver<Key>,
+    /// Every write is checked against it.
+    pub leader: LeaderGuard,
+    pub health: Arc<Health>,
+}
+
+/// Run the controller until SIGTERM/SIGINT, over all namespaces or just one.
+pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts: Parts) -> Result<()> {
+    let Parts {
+        caches,
+        wake,
+        woken,
+        leader,
+        health,
+    } = parts;
     caches.ready().await?;
+    let namespace = options.namespace.as_deref();
     let resource = policy_resource();
     let (policies, deployments): (Api<DynamicObject>, Api<Deployment>) = match namespace {
         Some(ns) => (
@@ -75,12 +106,11 @@ pub async fn run(
         controller: "canaryd".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    // The analysis engine wakes a policy when a check of it is done.
-    let (wake, woken) = futures::channel::mpsc::unbounded::<Key>();
     let engine = Arc::new(Engine::new(wake, metrics.clone()));
     tokio::spawn(engine.clone().run());
     let ctx = Arc::new(Context {
         client: client.clone(),
+        options: options.clone(),
         caches,
         recorder: Recorder::new(client, reporter),
         metrics,
@@ -323,7 +353,9 @@ impl RolloutPolicy {
     async fn reconcile(&self, ctx: &Context) -> Result<Requeue> {
         let key: Key = (self.namespace().unwrap_or_default(), self.name_any());
         let fresh = observe::Fresh::read_if_recording(&ctx.client, self).await?;
-        let seen = observe::observe(&ctx.caches, self, ctx.engine.latest(&key), fresh)?;
+        let command = commands::next(ctx, self).await?;
+        let mut seen = observe::observe(&ctx.caches, self, ctx.engine.latest(&key), fresh)?;
+        seen.observed.command = command.as_ref().map(|c| c.command.clone());
         let current = self.status.clone().unwrap_or_default();
         let mut plan = plan(&self.spec, &current, &seen.observed, Timestamp::now());
         match act::carry_out(self, ctx, &plan.actions, act::Mode::Reconcile).await {
@@ -338,6 +370,9 @@ impl RolloutPolicy {
         act::mark_synced(&mut plan.status, self.metadata.generation);
         if plan.status != current {
             act::write_status(self, ctx, &plan.status).await?;
+            if let Some(command) = &command {
+                commands::finish(ctx, self, command, &plan.status).await?;
+            }
             if plan.status.phase != current.phase {
                 match plan.status.phase {
                     Phase::RolledBack => ctx.metrics.rollbacks.inc(),
@@ -346,7 +381,15 @@ impl RolloutPolicy {
                 };
             }
         }
-        let request = analysis::request(&ctx.client, self, &plan.status, &seen.versions).await?;
+        let request = analysis::request(
+            &ctx.client,
+            &ctx.caches,
+            &ctx.options.secrets_namespace,
+            self,
+            &plan.status,
+            &seen.versions,
+        )
+        .await?;
         ctx.engine.want(key, request);
         ctx.metrics.record_policy(self, &plan.status);
         Ok(match plan.requeue {

@@ -185,11 +185,14 @@ pub fn observe(
         }
     };
     let routes = readable_weights(&vss, &fqdn);
-    let annotations = policy.annotations();
-    let (command, command_error) = match commands::from_annotations(annotations) {
-        Ok(c) => (c, None),
-        Err(e) => (None, Some(e.to_string())),
-    };
+    // Commands come as RolloutCommands (set by the controller after admission), never annotations.
+    let command = None;
+    let command_error = policy.annotations().get(commands::LEGACY_ANNOTATION).map(|_| {
+        format!(
+            "annotation {} is ignored: commands are RolloutCommands now (`canaryd promote` creates one)",
+            commands::LEGACY_ANNOTATION
+        )
+    });
     let (scaling, scale_problems) = if spec.scaling.enabled {
         let hpas: Vec<HorizontalPodAutoscaler> = match fresh {
             Some(f) => f.hpas,
@@ -207,6 +210,15 @@ pub fn observe(
     };
     let mut problems = problems;
     problems.extend(scale_problems);
+    if let Some(name) = spec.analysis.as_ref().and_then(|a| a.provider.as_deref())
+        && caches.provider(name).is_none()
+    {
+        // Never a fallback to another Prometheus: the policy waits for its provider.
+        problems.push(Problem {
+            reason: "InvalidSpec".into(),
+            message: format!("spec.analysis.provider: MetricProvider {name:?} does not exist"),
+        });
+    }
     let versions = [stable_dep.as_deref(), canary_dep.as_deref()]
         .into_iter()
         .flatten()

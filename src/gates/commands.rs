@@ -1,13 +1,23 @@
-//! People steer a rollout by setting annotations on the policy (never its spec, which Git owns).
-//! Each command carries a fresh id; the daemon acts on an id once and records it in status.
+//! People steer a rollout by creating a RolloutCommand: a namespaced, create-only resource, so that
+//! approving needs only `create rolloutcommands`, never a write to the policy that Git owns.
+//! Admission (deploy/admission.yaml) makes `spec.requestedBy` the authenticated creator. Each
+//! command is bound to the canary and step it was given for and expires: [`admit`] decides, before
+//! the planner sees it, whether it may act at all.
 
-use std::collections::BTreeMap;
+use std::time::Duration;
 
-pub const COMMAND: &str = "canaryd.io/command";
-pub const COMMAND_ID: &str = "canaryd.io/command-id";
-pub const COMMAND_BY: &str = "canaryd.io/command-by";
+use jiff::Timestamp;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::policy::types::{Phase, RolloutPolicyStatus};
+
+/// The annotation of the retired annotation channel; a policy carrying it gets a Warning Event.
+pub const LEGACY_ANNOTATION: &str = "canaryd.io/command";
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
 pub enum CommandKind {
     /// Pass the current pause or approval gate.
     Promote,
@@ -33,79 +43,313 @@ impl CommandKind {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        [
+    /// Promotions pass one gate, so they are bound to the step too; the others only to the canary
+    /// (an abort must work whatever step the rollout has reached meanwhile).
+    pub fn bound_to_step(self) -> bool {
+        matches!(self, CommandKind::Promote | CommandKind::PromoteFull)
+    }
+}
+
+/// One command for one RolloutPolicy of the same namespace. Create-only: `spec` never changes.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "canaryd.io",
+    version = "v1alpha1",
+    kind = "RolloutCommand",
+    namespaced,
+    status = "RolloutCommandStatus",
+    shortname = "rcmd",
+    category = "canaryd",
+    printcolumn = r#"{"name":"Policy","type":"string","jsonPath":".spec.policy"}"#,
+    printcolumn = r#"{"name":"Command","type":"string","jsonPath":".spec.command"}"#,
+    printcolumn = r#"{"name":"By","type":"string","jsonPath":".spec.requestedBy"}"#,
+    printcolumn = r#"{"name":"Outcome","type":"string","jsonPath":".status.outcome"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self == oldSelf",
+    "message": "spec is immutable: create a new RolloutCommand"
+}]))]
+pub struct RolloutCommandSpec {
+    /// The RolloutPolicy, in the command's namespace.
+    #[schemars(length(min = 1))]
+    pub policy: String,
+    pub command: CommandKind,
+    /// `status.canary.templateHash` of the policy when the command was given.
+    #[schemars(length(min = 1))]
+    pub canary: String,
+    /// `status.step` of the policy when the command was given (promotions must match it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
+    /// The Kubernetes user who created the command; admission refuses any other value.
+    #[schemars(length(min = 1))]
+    pub requested_by: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Outcome {
+    Acted,
+    Refused,
+}
+
+/// Written once by the daemon: what became of the command.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutCommandStatus {
+    pub outcome: Outcome,
+    pub reason: String,
+    pub message: String,
+    #[schemars(with = "String")]
+    pub at: Timestamp,
+}
+
+/// An admitted command, as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The RolloutCommand's uid: recorded in `status.lastCommandId` with the command's effect.
+    pub id: String,
+    pub kind: CommandKind,
+    /// `spec.requestedBy`, checked by admission.
+    pub by: Option<String>,
+}
+
+/// Why a command does nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("expired: created {age}s ago, commands act within {ttl}s; send it again")]
+    Expired { age: i64, ttl: u64 },
+    #[error("the policy is Invalid; fix it, then send the command again")]
+    PolicyInvalid,
+    #[error("no rollout in progress")]
+    NoRollout,
+    #[error("given for canary {given}, but the rollout is now at canary {current}")]
+    WrongCanary { given: String, current: String },
+    #[error("given at step {given}, but the rollout is now at step {current}")]
+    WrongStep { given: String, current: String },
+}
+
+impl Refusal {
+    /// The Event reason and `status.reason` of the command.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Expired { .. } => "Expired",
+            Refusal::PolicyInvalid => "PolicyInvalid",
+            Refusal::NoRollout => "NoRollout",
+            Refusal::WrongCanary { .. } => "WrongCanary",
+            Refusal::WrongStep { .. } => "WrongStep",
+        }
+    }
+}
+
+fn step_name(step: Option<u32>) -> String {
+    step.map_or_else(|| "none".into(), |s| s.to_string())
+}
+
+/// May `command`, created at `created`, act on a policy with `status` at `now`? Pure.
+pub fn admit(
+    command: &RolloutCommandSpec,
+    created: Timestamp,
+    status: &RolloutPolicyStatus,
+    now: Timestamp,
+    ttl: Duration,
+) -> Result<(), Refusal> {
+    let age = now.as_second() - created.as_second();
+    if age > i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX) {
+        return Err(Refusal::Expired {
+            age,
+            ttl: ttl.as_secs(),
+        });
+    }
+    if status.phase == Phase::Invalid {
+        return Err(Refusal::PolicyInvalid);
+    }
+    let Some(canary) = &status.canary else {
+        return Err(Refusal::NoRollout);
+    };
+    if canary.template_hash != command.canary {
+        return Err(Refusal::WrongCanary {
+            given: command.canary.clone(),
+            current: canary.template_hash.clone(),
+        });
+    }
+    if command.command.bound_to_step() && command.step != status.step {
+        return Err(Refusal::WrongStep {
+            given: step_name(command.step),
+            current: step_name(status.step),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::types::CanaryStatus;
+
+    fn status(phase: Phase, hash: Option<&str>, step: Option<u32>) -> RolloutPolicyStatus {
+        RolloutPolicyStatus {
+            phase,
+            canary: hash.map(|h| CanaryStatus {
+                subset: "v2".into(),
+                deployment: "app-v2".into(),
+                template_hash: h.into(),
+                halted: None,
+            }),
+            step,
+            ..Default::default()
+        }
+    }
+
+    fn cmd(kind: CommandKind, hash: &str, step: Option<u32>) -> RolloutCommandSpec {
+        RolloutCommandSpec {
+            policy: "app".into(),
+            command: kind,
+            canary: hash.into(),
+            step,
+            requested_by: "alice".into(),
+        }
+    }
+
+    /// (name, command, policy status, seconds since the command was created, refusal reason).
+    type Case<'a> = (
+        &'a str,
+        RolloutCommandSpec,
+        &'a RolloutPolicyStatus,
+        i64,
+        Result<(), &'a str>,
+    );
+
+    #[test]
+    fn admission_table() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let ttl = Duration::from_secs(300);
+        let at = |s: i64| t0 + jiff::SignedDuration::from_secs(s);
+        let waiting = status(Phase::WaitingForApproval, Some("aaa"), Some(3));
+        use CommandKind::*;
+        let cases: Vec<Case> = vec![
+            (
+                "promote at its gate",
+                cmd(Promote, "aaa", Some(3)),
+                &waiting,
+                10,
+                Ok(()),
+            ),
+            (
+                "promote at the ttl",
+                cmd(Promote, "aaa", Some(3)),
+                &waiting,
+                300,
+                Ok(()),
+            ),
+            ("expired", cmd(Promote, "aaa", Some(3)), &waiting, 301, Err("Expired")),
+            (
+                "expired abort too",
+                cmd(Abort, "aaa", None),
+                &waiting,
+                3600,
+                Err("Expired"),
+            ),
+            (
+                "previous rollout",
+                cmd(Promote, "old", Some(3)),
+                &waiting,
+                1,
+                Err("WrongCanary"),
+            ),
+            (
+                "abort of another canary",
+                cmd(Abort, "old", None),
+                &waiting,
+                1,
+                Err("WrongCanary"),
+            ),
+            (
+                "promote of a passed gate",
+                cmd(Promote, "aaa", Some(1)),
+                &waiting,
+                1,
+                Err("WrongStep"),
+            ),
+            (
+                "promote-full without step",
+                cmd(PromoteFull, "aaa", None),
+                &waiting,
+                1,
+                Err("WrongStep"),
+            ),
+            ("abort at any step", cmd(Abort, "aaa", Some(1)), &waiting, 1, Ok(())),
+            ("pause at any step", cmd(Pause, "aaa", None), &waiting, 1, Ok(())),
+        ];
+        let invalid = status(Phase::Invalid, Some("aaa"), Some(3));
+        let steady = status(Phase::Healthy, None, None);
+        let aborted = status(Phase::Aborted, Some("aaa"), None);
+        let more: Vec<Case> = vec![
+            (
+                "while Invalid",
+                cmd(Promote, "aaa", Some(3)),
+                &invalid,
+                1,
+                Err("PolicyInvalid"),
+            ),
+            (
+                "abort while Invalid",
+                cmd(Abort, "aaa", None),
+                &invalid,
+                1,
+                Err("PolicyInvalid"),
+            ),
+            ("no canary", cmd(Pause, "aaa", None), &steady, 1, Err("NoRollout")),
+            (
+                "retry of the aborted canary",
+                cmd(Retry, "aaa", None),
+                &aborted,
+                1,
+                Ok(()),
+            ),
+            (
+                "retry of another canary",
+                cmd(Retry, "bbb", None),
+                &aborted,
+                1,
+                Err("WrongCanary"),
+            ),
+        ];
+        for (name, command, st, secs, want) in cases.into_iter().chain(more) {
+            let got = admit(&command, t0, st, at(secs), ttl).map_err(|r| r.reason());
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let r = Refusal::WrongCanary {
+            given: "old".into(),
+            current: "new".into(),
+        };
+        assert_eq!(
+            r.to_string(),
+            "given for canary old, but the rollout is now at canary new"
+        );
+        assert!(
+            Refusal::Expired { age: 400, ttl: 300 }
+                .to_string()
+                .contains("created 400s ago")
+        );
+    }
+
+    #[test]
+    fn kinds_serialize_as_the_cli_names_them() {
+        for kind in [
             CommandKind::Promote,
             CommandKind::PromoteFull,
             CommandKind::Abort,
             CommandKind::Pause,
             CommandKind::Resume,
             CommandKind::Retry,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Command {
-    pub id: String,
-    pub kind: CommandKind,
-    /// The identity the API server reported for the requester, when the CLI could learn it.
-    pub by: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CommandError {
-    #[error("annotation {COMMAND}={0:?} is not a command (promote, promote-full, abort, pause, resume, retry)")]
-    Unknown(String),
-    #[error("annotation {COMMAND} is set without {COMMAND_ID}")]
-    MissingId,
-}
-
-/// The command in the annotations, if any. An unknown command is an error, never ignored silently.
-pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Result<Option<Command>, CommandError> {
-    let Some(kind) = annotations.get(COMMAND) else {
-        return Ok(None);
-    };
-    let kind = CommandKind::parse(kind).ok_or_else(|| CommandError::Unknown(kind.clone()))?;
-    let id = annotations
-        .get(COMMAND_ID)
-        .filter(|id| !id.is_empty())
-        .ok_or(CommandError::MissingId)?;
-    Ok(Some(Command {
-        id: id.clone(),
-        kind,
-        by: annotations.get(COMMAND_BY).cloned(),
-    }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
-
-    #[test]
-    fn parses_commands() {
-        assert_eq!(from_annotations(&ann(&[])), Ok(None));
-        assert_eq!(
-            from_annotations(&ann(&[(COMMAND, "promote"), (COMMAND_ID, "1"), (COMMAND_BY, "alice")])),
-            Ok(Some(Command {
-                id: "1".into(),
-                kind: CommandKind::Promote,
-                by: Some("alice".into())
-            }))
-        );
-        assert_eq!(
-            from_annotations(&ann(&[(COMMAND, "promte"), (COMMAND_ID, "1")])),
-            Err(CommandError::Unknown("promte".into()))
-        );
-        assert_eq!(
-            from_annotations(&ann(&[(COMMAND, "abort")])),
-            Err(CommandError::MissingId)
-        );
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
     }
 }

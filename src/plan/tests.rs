@@ -503,7 +503,7 @@ mod analysis {
     use super::*;
     use crate::analysis::check::Check;
     use crate::policy::types::{
-        Analysis, MetricCheck, MetricResult, OnProviderError, PrometheusProvider, ProviderErrorAction, Verdict,
+        Analysis, MetricCheck, MetricResult, OnProviderError, PrometheusAddress, ProviderErrorAction, Verdict,
     };
 
     fn analysis(failure_limit: u32, inconclusive_limit: u32, on_error: ProviderErrorAction) -> Analysis {
@@ -517,12 +517,11 @@ mod analysis {
                 after: 2,
                 action: on_error,
             },
-            prometheus: PrometheusProvider {
+            provider: None,
+            prometheus: Some(PrometheusAddress {
                 address: "http://prometheus:9090".into(),
-                auth: None,
-                ca_secret: None,
                 timeout: Duration::from_secs(5),
-            },
+            }),
             metrics: vec![MetricCheck {
                 name: "success-rate".into(),
                 template: Some("istio-request-success-rate".into()),
@@ -1040,7 +1039,7 @@ mod trust {
     use super::*;
     use crate::analysis::check::Check;
     use crate::policy::types::{
-        Analysis, MetricCheck, MetricResult, OnProviderError, PrometheusProvider, ProviderErrorAction, Verdict,
+        Analysis, MetricCheck, MetricResult, OnProviderError, PrometheusAddress, ProviderErrorAction, Verdict,
     };
 
     fn analysis() -> Analysis {
@@ -1054,12 +1053,11 @@ mod trust {
                 after: 2,
                 action: ProviderErrorAction::Pause,
             },
-            prometheus: PrometheusProvider {
+            provider: None,
+            prometheus: Some(PrometheusAddress {
                 address: "http://prometheus:9090".into(),
-                auth: None,
-                ca_secret: None,
                 timeout: Duration::from_secs(5),
-            },
+            }),
             metrics: vec![MetricCheck {
                 name: "success-rate".into(),
                 template: Some("istio-request-success-rate".into()),

@@ -247,7 +247,8 @@ pub struct RolloutPolicyStatus {
     /// gate, once the canary has the Ready replicas for it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub promote_full: bool,
-    /// The id of the last command handled, so that each command acts once.
+    /// The uid of the last RolloutCommand handled, written with its effect: a command acts once,
+    /// also across a crash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_command_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -395,6 +396,10 @@ impl RolloutPolicySpec {
 /// Judge the canary from metrics at every interval; roll back on an SLO breach.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.provider) != has(self.prometheus)",
+    "message": "analysis has exactly one of provider or prometheus"
+}]))]
 pub struct Analysis {
     /// How often every metric is checked (down to 1s).
     #[serde(default = "default_interval", with = "humantime_serde")]
@@ -418,7 +423,13 @@ pub struct Analysis {
     pub inconclusive_limit: u32,
     #[serde(default)]
     pub on_provider_error: OnProviderError,
-    pub prometheus: PrometheusProvider,
+    /// A MetricProvider (cluster-scoped, owned by the platform): address and credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 50))]
+    pub provider: Option<String>,
+    /// A Prometheus without credentials, when no provider is named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusAddress>,
     #[schemars(length(min = 1, max = 50))]
     pub metrics: Vec<MetricCheck>,
 }
@@ -465,28 +476,21 @@ pub enum ProviderErrorAction {
     Rollback,
 }
 
+/// A Prometheus named by the policy itself: an address only. Credentials and CAs live in a
+/// MetricProvider, where only the platform writes.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PrometheusProvider {
+pub struct PrometheusAddress {
     /// Base URL, e.g. http://prometheus.istio-system:9090
     #[schemars(length(min = 1))]
     pub address: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<PrometheusAuth>,
-    /// A CA bundle (PEM) to trust for an https address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_secret: Option<SecretKeyRef>,
     /// Per-query timeout.
-    #[serde(default = "default_query_timeout", with = "humantime_serde")]
+    #[serde(default = "crate::policy::provider::default_query_timeout", with = "humantime_serde")]
     #[schemars(schema_with = "crate::policy::schema::duration")]
     pub timeout: Duration,
 }
 
-fn default_query_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-
-/// Exactly one of bearer token or basic auth, each read from a Secret in the policy's namespace.
+/// Exactly one of bearer token or basic auth, each read from a Secret in the daemon's namespace.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{

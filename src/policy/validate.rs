@@ -204,15 +204,12 @@ fn validate_bounds(spec: &RolloutPolicySpec) -> Vec<FieldError> {
                 format!("{} is more than the maximum of {MAX_MIN_REQUESTS}", a.min_requests),
             ));
         }
-        if a.prometheus.timeout.is_zero() {
-            e.push(err("spec.analysis.prometheus.timeout", "must be greater than zero"));
+        if let Some(p) = &a.prometheus {
+            if p.timeout.is_zero() {
+                e.push(err("spec.analysis.prometheus.timeout", "must be greater than zero"));
+            }
+            at_most(e, "spec.analysis.prometheus.timeout", p.timeout, MAX_QUERY_TIMEOUT);
         }
-        at_most(
-            e,
-            "spec.analysis.prometheus.timeout",
-            a.prometheus.timeout,
-            MAX_QUERY_TIMEOUT,
-        );
         for (i, m) in a.metrics.iter().enumerate() {
             if let Some(w) = m.window {
                 at_most(e, format!("spec.analysis.metrics[{i}].window"), w, MAX_WINDOW);
@@ -247,20 +244,14 @@ fn validate_analysis(a: &Analysis) -> Vec<FieldError> {
     if a.interval < Duration::from_secs(1) {
         errors.push(err("spec.analysis.interval", "must be at least 1s"));
     }
-    let address = &a.prometheus.address;
-    if !(address.starts_with("http://") || address.starts_with("https://")) {
-        errors.push(err(
+    match (&a.provider, &a.prometheus) {
+        (Some(_), None) => {}
+        (None, Some(p)) if p.address.starts_with("http://") || p.address.starts_with("https://") => {}
+        (None, Some(p)) => errors.push(err(
             "spec.analysis.prometheus.address",
-            format!("{address:?} is not an http:// or https:// URL"),
-        ));
-    }
-    if let Some(auth) = &a.prometheus.auth
-        && auth.bearer_token_secret.is_some() == auth.basic_auth_secret.is_some()
-    {
-        errors.push(err(
-            "spec.analysis.prometheus.auth",
-            "exactly one of bearerTokenSecret or basicAuthSecret",
-        ));
+            format!("{:?} is not an http:// or https:// URL", p.address),
+        )),
+        _ => errors.push(err("spec.analysis", "exactly one of provider or prometheus")),
     }
     if a.metrics.is_empty() {
         errors.push(err("spec.analysis.metrics", "at least one metric is required"));
@@ -464,7 +455,7 @@ mod tests {
 
     #[test]
     fn absurd_values_are_refused_naming_the_field() {
-        use crate::policy::types::{Analysis, MetricCheck, OnProviderError, PrometheusProvider};
+        use crate::policy::types::{Analysis, MetricCheck, OnProviderError, PrometheusAddress};
         let analysis = || Analysis {
             interval: Duration::from_secs(30),
             start_after: Duration::ZERO,
@@ -472,12 +463,11 @@ mod tests {
             min_requests: 0,
             inconclusive_limit: 10,
             on_provider_error: OnProviderError::default(),
-            prometheus: PrometheusProvider {
+            provider: None,
+            prometheus: Some(PrometheusAddress {
                 address: "http://prometheus:9090".into(),
-                auth: None,
-                ca_secret: None,
                 timeout: Duration::from_secs(5),
-            },
+            }),
             metrics: vec![MetricCheck {
                 name: "success".into(),
                 template: Some("istio-request-success-rate".into()),
@@ -530,7 +520,9 @@ mod tests {
             (
                 Box::new(move |s| {
                     let mut a = analysis();
-                    a.prometheus.timeout = Duration::from_secs(3600);
+                    if let Some(p) = a.prometheus.as_mut() {
+                        p.timeout = Duration::from_secs(3600);
+                    }
                     s.analysis = Some(a);
                 }),
                 Some("spec.analysis.prometheus.timeout"),
