@@ -130,14 +130,16 @@ async fn deleted_virtual_service_is_reported_and_the_policy_still_goes() -> Resu
         .await?;
         vs_api(&seed).delete(VS, &DeleteParams::default()).await?;
         let id = format!("VirtualService {}/{VS}", seed.vs_ns);
-        seed.wait_policy(POLICY, "status naming the missing VirtualService", T, |p| {
+        // VirtualServices do not wake a policy: the 30 s resync notices the deletion.
+        let resync = Duration::from_secs(45);
+        seed.wait_policy(POLICY, "status naming the missing VirtualService", resync, |p| {
             let text = status_text(p);
             text.contains(&id) && text.contains("not found")
         })
         .await?;
         wait_warning(&seed, None, &[&id, "not found"]).await?;
         let took = delete_policy_and_wait_gone(&seed, Duration::from_secs(5)).await?;
-        eprintln!("policy deleted {took:?} after its VirtualService");
+        eprintln!("policy gone {took:?} after its deletion (its VirtualService deleted before)");
         Ok(())
     };
     run.await.map_err(|e| fixture::fail_with_logs(&daemon, e))
