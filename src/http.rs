@@ -23,6 +23,11 @@ use crate::metrics::Metrics;
 /// Every policy is reconciled at least this often (the controller's resync).
 pub const RESYNC: Duration = Duration::from_secs(30);
 
+/// A failing watch retries at least this often (its backoff stays under 5 s, a connect times out
+/// after 30 s). A watch that has restarted fine yields nothing until an object changes, so one
+/// whose last error is older than this counts as recovered.
+pub const WATCH_RETRY_GAP: Duration = Duration::from_secs(40);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// No leader election.
@@ -37,8 +42,8 @@ pub struct Health {
     stuck_after: Duration,
     synced: AtomicBool,
     role: AtomicU8,
-    /// Per watch: since when it has only failed (None: its last item was a success).
-    watches: Mutex<BTreeMap<&'static str, Option<Instant>>>,
+    /// Per watch: (first, last) error of its current run of failures (None: it works).
+    watches: Mutex<BTreeMap<&'static str, Option<(Instant, Instant)>>>,
     /// Last sign of life of the reconcile loop (None: the controller is not running here).
     loop_beat: Mutex<Option<Instant>>,
     in_flight: Mutex<HashMap<u64, Instant>>,
@@ -88,8 +93,10 @@ impl Health {
             let failing = w.entry(kind).or_insert(None);
             *failing = match (ok, *failing) {
                 (true, _) => None,
-                (false, Some(since)) => Some(since),
-                (false, None) => Some(now),
+                (false, Some((first, last))) if now.saturating_duration_since(last) <= WATCH_RETRY_GAP => {
+                    Some((first, now))
+                }
+                (false, _) => Some((now, now)),
             };
         }
     }
@@ -124,13 +131,14 @@ impl Health {
         let mut out = Vec::new();
         let bound = self.stuck_after;
         if let Ok(w) = self.watches.lock() {
-            for (kind, since) in w.iter() {
-                if let Some(since) = since
-                    && now.saturating_duration_since(*since) > bound
+            for (kind, failing) in w.iter() {
+                if let Some((first, last)) = failing
+                    && now.saturating_duration_since(*last) <= WATCH_RETRY_GAP
+                    && now.saturating_duration_since(*first) > bound
                 {
                     out.push(format!(
                         "the watch of {kind} has failed for {}s",
-                        now.saturating_duration_since(*since).as_secs()
+                        now.saturating_duration_since(*first).as_secs()
                     ));
                 }
             }
@@ -253,6 +261,12 @@ mod tests {
         assert!(p.len() == 1 && p[0].contains("deployments"), "{p:?}");
         h.watch_item_at("deployments", true, s(13));
         assert!(h.problems_at(s(500)).is_empty());
+        // Errors that stop without a success: the watch restarted fine (a watch says nothing then).
+        h.watch_item_at("services", false, s(20));
+        h.watch_item_at("services", false, s(40));
+        assert!(!h.problems_at(s(40 + 40)).is_empty());
+        assert!(h.problems_at(s(40 + 41)).is_empty());
+        h.watch_item_at("services", true, s(90));
 
         // The loop: stale after two resyncs plus the bound without a beat.
         h.loop_beat_at(s(100));

@@ -44,6 +44,29 @@ pub struct Caches {
     synced: tokio::sync::watch::Receiver<bool>,
 }
 
+/// Retries of a failed watch: 0.5 s doubling up to 5 s, so that a failing watch keeps saying so
+/// (see [`crate::http::WATCH_RETRY_GAP`]).
+#[derive(Debug, Default)]
+pub struct WatchBackoff {
+    next: Option<Duration>,
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next.unwrap_or(Duration::from_millis(500));
+        self.next = Some((delay * 2).min(Duration::from_secs(5)));
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = None;
+    }
+}
+
 /// Keep a reflector store of `api` filled for the daemon's lifetime; every watch item (also the
 /// lists and relists that touch no object) reports to `health` under `kind`.
 fn spawn<K>(api: Api<K>, dyntype: K::DynamicType, kind: &'static str, health: Arc<Health>) -> Store<K>
@@ -69,7 +92,7 @@ where
     let writer = Writer::new(dyntype);
     let reader = writer.as_reader();
     let watch = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .inspect(move |item| health.watch_item(kind, item));
     let stream = reflector::reflector(writer, watch).touched_objects();
     tokio::spawn(stream.for_each(move |event| {

@@ -125,7 +125,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
     let policy_stream = reflector::reflector(
         writer,
         watcher(policies, watcher::Config::default().any_semantic())
-            .default_backoff()
+            .backoff(cache::WatchBackoff::default())
             .inspect(move |item| watch_health.watch_item("rolloutpolicies", item)),
     )
     .applied_objects();
