@@ -636,7 +636,9 @@ async fn crash_anywhere_resumes_exactly() -> Result<()> {
         failed += usize::from(!ok);
         let _ = writeln!(report, "{:<10} {:<40} {verdict}", j.name(), point);
     }
-    let mode = if full {
+    let mode = if let Some(o) = &only {
+        format!("only {o}")
+    } else if full {
         "full matrix".to_string()
     } else {
         format!("rollback and abort in full, a sample of {SAMPLE} points of the others (seed {sample_seed})")
