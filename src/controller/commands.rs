@@ -69,6 +69,7 @@ pub async fn next(ctx: &Context, policy: &RolloutPolicy) -> Result<Option<Admitt
                 }));
             }
             Err(refusal) => {
+                ctx.leader.check()?;
                 record(&api, &cmd, Outcome::Refused, refusal.reason(), refusal.to_string()).await?;
                 let note = format!(
                     "{} by {} ({}) refused: {}: {refusal}",
@@ -94,6 +95,7 @@ pub async fn finish(
     if status.last_command_id.as_deref() != Some(admitted.command.id.as_str()) {
         return Ok(()); // not handled yet: still pending, admitted again next time
     }
+    ctx.leader.check()?;
     let api: Api<RolloutCommand> = Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
     let Some(cmd) = api.get_opt(&admitted.name).await? else {
         return Ok(());
@@ -136,6 +138,9 @@ async fn record(
 /// Best effort, like every Event: a lost Event must not hold up the rollout. The command is the
 /// Event's `related` object, so that each refusal gets its own Event, not a count on the last one.
 async fn publish(ctx: &Context, policy: &RolloutPolicy, cmd: &RolloutCommand, note: String) {
+    if !ctx.leader.may_write() {
+        return;
+    }
     let event = Event {
         type_: EventType::Warning,
         reason: "CommandRefused".into(),
