@@ -484,27 +484,6 @@ async fn wait_hpa_restored(seed: &Seed, name: &str, before: &Value, timeout: Dur
     result.with_context(|| format!("before {before}\nnow    {last}"))
 }
 
-/// Points the seed's header route (`user: zhj1`, http[0]) at v2: until then the old stable still
-/// serves it and is not scaled down.
-async fn header_route_follows(seed: &Seed) -> Result<()> {
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        seed.client.clone(),
-        &seed.vs_ns,
-        &canaryd::mesh::istio::virtual_service_resource(),
-    );
-    let patch: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "test", "path": "/spec/http/0/route/0/destination/subset", "value": "v1"},
-        {"op": "replace", "path": "/spec/http/0/route/0/destination/subset", "value": "v2"}
-    ]))?;
-    api.patch(
-        VS,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::<()>::Json(patch),
-    )
-    .await?;
-    Ok(())
-}
-
 /// Waits until `status.scaling` is gone.
 async fn wait_scaling_cleared(seed: &Seed) -> Result<()> {
     let mut last = Value::Null;
@@ -774,7 +753,7 @@ async fn stable_is_pinned_and_scaled_to_zero_after_promotion() -> Result<()> {
         seed.wait_policy(POLICY, "Succeeded", T, |p| phase(p) == Phase::Succeeded)
             .await?;
         // The header route `user: zhj1 → v1` follows the promotion, as it must before v1 can go.
-        header_route_follows(&seed).await?;
+        fixture::header_route_to_canary(&seed).await?;
         seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 0), ("v2", 100)], T)
             .await?;
         // The old stable goes to zero after scaleDownDelay; status.scaling is then cleared.
@@ -974,7 +953,7 @@ async fn sigkill_after_raising_the_hpa_keeps_the_true_originals() -> Result<()> 
         seed.wait_policy(POLICY, "Succeeded", T, |p| phase(p) == Phase::Succeeded)
             .await?;
         // The header route `user: zhj1 → v1` follows the promotion, as it must before v1 can go.
-        header_route_follows(&seed).await?;
+        fixture::header_route_to_canary(&seed).await?;
         seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 0), ("v2", 100)], T)
             .await?;
         wait_scaling_cleared(&seed).await?;
@@ -1096,7 +1075,7 @@ async fn replicas_without_hpa_follow_the_steps() -> Result<()> {
         seed.wait_policy(POLICY, "Succeeded", T, |p| phase(p) == Phase::Succeeded)
             .await?;
         // The header route `user: zhj1 → v1` follows the promotion, as it must before v1 can go.
-        header_route_follows(&seed).await?;
+        fixture::header_route_to_canary(&seed).await?;
         let mut last = None;
         support::wait_until("old stable at 0 replicas", T, async || {
             let r = seed.replicas(STABLE).await?;
