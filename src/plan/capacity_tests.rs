@@ -79,6 +79,11 @@ impl Sim {
                 generation_observed: true,
                 ready_replicas: 1,
             }),
+            stable: Some(DeploymentState {
+                template_hash: "h0".into(),
+                generation_observed: true,
+                ready_replicas: 4,
+            }),
             routes: vec![BTreeMap::from([("v1".to_string(), 100)])],
             scaling: ScaleObserved {
                 stable: Some(version("app-v1", b(2, 10), 4)),
@@ -282,12 +287,14 @@ fn a_min_changed_by_someone_after_the_rollout_step_is_left_alone() {
         kind: CommandKind::Abort,
         by: None,
     });
+    // The abort is recorded first (RollingBack), carried out in the next reconcile.
+    let recorded = sim.step();
     let p = sim.step();
     assert_eq!(sim.status.phase, Phase::Aborted);
     assert_eq!(sim.hpa("app-v2"), b(7, 10));
-    assert_eq!(hpa_writes([&p], "app-v2-hpa"), Vec::<Bounds>::new());
+    assert_eq!(hpa_writes([&recorded, &p], "app-v2-hpa"), Vec::<Bounds>::new());
     assert!(
-        events([&p], "HpaBoundLeftAlone")
+        events([&recorded, &p], "HpaBoundLeftAlone")
             .iter()
             .any(|m| m.contains("app-v2-hpa minReplicas is 7")),
         "{:?}",
@@ -312,9 +319,15 @@ fn a_bound_written_just_before_a_crash_still_counts_as_canarys() {
         kind: CommandKind::Abort,
         by: None,
     });
+    let recorded = sim.step();
     let p = sim.step();
+    assert_eq!(sim.status.phase, Phase::Aborted);
     assert_eq!(sim.hpa("app-v2"), b(1, 10), "{:?}", p.actions);
-    assert!(events([&p], "HpaBoundLeftAlone").is_empty(), "{:?}", p.actions);
+    assert!(
+        events([&recorded, &p], "HpaBoundLeftAlone").is_empty(),
+        "{:?}",
+        p.actions
+    );
 }
 
 #[test]
