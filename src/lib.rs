@@ -16,5 +16,6 @@ pub mod plan;
 pub mod policy;
 pub mod scale;
 pub mod telemetry;
+pub mod write;
 
 pub use error::{Error, Result};

@@ -178,7 +178,7 @@ async fn approver_promotes_and_aborts_but_cannot_edit() -> Result<()> {
         )?;
 
         let (ok, out) = cli(&kubeconfig, &["abort", POLICY, "-n", &seed.ns]).await?;
-        ensure(ok && out.contains("Aborted"), format!("abort: {out}"))?;
+        ensure(ok && out.contains("rollout aborted"), format!("abort: {out}"))?;
         seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 100), ("v2", 0)], T)
             .await?;
         let aborted = seed.events(POLICY, "Aborted").await?.join(" | ");

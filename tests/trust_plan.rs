@@ -1,7 +1,7 @@
 //! Issue 8, the planner's part: a rollback is recorded before traffic moves, a canary that cannot
 //! serve loses its traffic, abort and the deadline work whatever else is wrong, no traffic goes to a
 //! version without Ready pods, every weight is judged over a whole window at it, shortened steps end
-//! at 100 %, and `promote --full` waits for capacity. The daemon is a real process with deploy/'s RBAC.
+//! at 100 %, and (tests/trust_capacity.rs) `promote --full` waits for capacity. The daemon is a real process with deploy/'s RBAC.
 
 mod fixture;
 mod support;
@@ -13,7 +13,6 @@ use anyhow::{Context, Result};
 use canaryd::mesh::routes::route_weights;
 use canaryd::policy::types::{Phase, RolloutPolicy, RolloutPolicyStatus};
 use fixture::analysis::{SUCCESS_AND_LATENCY, mesh, policy as analysis_policy, set_subset};
-use fixture::scaling::{CANARY, Hpas, seed_with_pods};
 use fixture::{Seed, cli, ensure, mark_ready, operator_kubeconfig, seed, seed_yaml, start_daemon};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -548,47 +547,6 @@ async fn each_weight_waits_for_a_whole_window_at_it() -> Result<()> {
                 format!("{}ms between {} and {}: {history:#?}", gap, pair[0], pair[1]),
             )?;
         }
-        Ok(())
-    };
-    run.await.map_err(|e| fixture::fail_with_logs(&daemon, e))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Defect 11: `promote --full` waits for the canary's capacity, on real pods.
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn promote_full_waits_for_the_capacity_of_100() -> Result<()> {
-    let seed = seed_with_pods("tp-full", Hpas::None).await?;
-    let daemon = start_daemon(&seed.ns).await?;
-    let run = async {
-        let policy = seed.policy_yaml().replace(
-            "  progressDeadline: 10m",
-            "  scaling:\n    scaleDownDelay: 1h\n  progressDeadline: 10m",
-        );
-        seed.apply(&policy).await?;
-        seed.wait_policy(POLICY, "WaitingForApproval", Duration::from_secs(60), |p| {
-            phase(p) == Phase::WaitingForApproval
-        })
-        .await?;
-        let before = seed.replicas(CANARY).await?;
-        ensure(before.ready < 4, format!("canary already sized for 100%: {before:?}"))?;
-        let operator = operator_kubeconfig(&seed).await?;
-        let (ok, out) = cli(&operator, &["promote", POLICY, "--full", "-n", &seed.ns, "--no-wait"]).await?;
-        ensure(ok, out)?;
-        let ready_at_100 = support::wait_until("canary at 100%", Duration::from_secs(60), async || {
-            let w = seed.weights(&seed.vs_ns, VS, 1).await?;
-            if w.get("v2") == Some(&100) {
-                return Ok(Some(seed.replicas(CANARY).await?));
-            }
-            Ok(None)
-        })
-        .await?;
-        ensure(
-            ready_at_100.ready >= 4,
-            format!("100% sent to a canary with {ready_at_100:?}"),
-        )?;
-        seed.wait_policy(POLICY, "Succeeded", T, |p| phase(p) == Phase::Succeeded)
-            .await?;
         Ok(())
     };
     run.await.map_err(|e| fixture::fail_with_logs(&daemon, e))

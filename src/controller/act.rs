@@ -8,10 +8,11 @@ use tracing::{info, warn};
 use super::Context;
 use super::observe::vs_refs;
 use crate::error::{Error, Result};
-use crate::mesh::istio::{WriteOutcome, set_weights};
+use crate::mesh::istio::set_weights;
 use crate::plan::{Action, EventType};
 use crate::policy::types::{Condition, RolloutPolicy, RolloutPolicyStatus};
 use crate::scale::hpa::ScaleError;
+use crate::write::WriteOutcome;
 
 /// A side effect the API refused: which action, on which object, and the API's answer (its code,
 /// reason and message: no request, no credentials).

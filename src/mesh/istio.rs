@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::routes::{managed_routes, weight_patch};
 use crate::error::{Error, Result};
+use crate::write::{FIELD_MANAGER, WriteOutcome};
 
-pub const FIELD_MANAGER: &str = "canaryd";
 /// Re-read and re-plan this many times when a concurrent edit makes the guarded patch fail.
 const WRITE_ATTEMPTS: usize = 8;
 
@@ -32,13 +32,6 @@ pub fn virtual_services(client: &Client, namespace: &str) -> Api<DynamicObject> 
 /// The object as plain JSON, so every field, known or not, survives.
 pub fn to_value(obj: &DynamicObject) -> Result<Value> {
     Ok(serde_json::to_value(obj)?)
-}
-
-/// What one weight write did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOutcome {
-    Unchanged,
-    Written,
 }
 
 /// Set the weights of the managed routes of one VirtualService.

@@ -506,7 +506,7 @@ mod analysis {
         Analysis, MetricCheck, MetricResult, OnProviderError, PrometheusAddress, ProviderErrorAction, Verdict,
     };
 
-    fn analysis(failure_limit: u32, inconclusive_limit: u32, on_error: ProviderErrorAction) -> Analysis {
+    pub(super) fn analysis(failure_limit: u32, inconclusive_limit: u32, on_error: ProviderErrorAction) -> Analysis {
         Analysis {
             interval: Duration::from_secs(1),
             start_after: Duration::ZERO,
@@ -1038,35 +1038,12 @@ mod scaling {
 mod trust {
     use super::*;
     use crate::analysis::check::Check;
-    use crate::policy::types::{
-        Analysis, MetricCheck, MetricResult, OnProviderError, PrometheusAddress, ProviderErrorAction, Verdict,
-    };
+    use crate::policy::types::{Analysis, MetricResult, ProviderErrorAction, Verdict};
 
     fn analysis() -> Analysis {
         Analysis {
             interval: Duration::from_secs(10),
-            start_after: Duration::ZERO,
-            failure_limit: 1,
-            min_requests: 0,
-            inconclusive_limit: 10,
-            on_provider_error: OnProviderError {
-                after: 2,
-                action: ProviderErrorAction::Pause,
-            },
-            provider: None,
-            prometheus: Some(PrometheusAddress {
-                address: "http://prometheus:9090".into(),
-                timeout: Duration::from_secs(5),
-            }),
-            metrics: vec![MetricCheck {
-                name: "success-rate".into(),
-                template: Some("istio-request-success-rate".into()),
-                query: None,
-                min: Some(99.0),
-                max: None,
-                relative: None,
-                window: None,
-            }],
+            ..super::analysis::analysis(1, 10, ProviderErrorAction::Pause)
         }
     }
 

@@ -425,7 +425,7 @@ pub struct Analysis {
     pub on_provider_error: OnProviderError,
     /// A MetricProvider (cluster-scoped, owned by the platform): address and credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 50))]
+    #[schemars(length(min = 1))]
     pub provider: Option<String>,
     /// A Prometheus without credentials, when no provider is named.
     #[serde(default, skip_serializing_if = "Option::is_none")]

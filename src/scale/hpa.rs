@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use super::capacity::{Bounds, CapacityError};
 
 /// Same manager as canaryd's weight writes, so `managedFields` show who set the bounds.
-pub use crate::mesh::istio::{FIELD_MANAGER, WriteOutcome};
+pub use crate::write::{FIELD_MANAGER, WriteOutcome};
 /// Read again and retry this many times when the object changes between our read and our write.
 const WRITE_ATTEMPTS: usize = 5;
 
