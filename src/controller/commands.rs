@@ -52,6 +52,7 @@ pub async fn next(ctx: &Context, policy: &RolloutPolicy) -> Result<Option<Admitt
         let uid = cmd.uid().unwrap_or_default();
         if status.last_command_id.as_deref() == Some(uid.as_str()) {
             // It acted before a crash; only its outcome is missing.
+            ctx.leader.check()?;
             record(&api, &cmd, Outcome::Acted, "Acted", acted_message(&status)).await?;
             continue;
         }

@@ -643,7 +643,6 @@ impl Planner<'_> {
         index: usize,
         promote: &mut Option<(bool, String)>,
     ) -> Flow {
-        self.ensure_current_weights(stable, canary);
         if let Some((_, by)) = promote.take() {
             self.event(EventType::Normal, "Promoted", format!("step {} passed{by}", index + 1));
             self.next_step(index);
@@ -651,13 +650,16 @@ impl Planner<'_> {
         }
         let started = self.st.step_started_at.unwrap_or(self.now);
         let duration = self.spec.steps[index].pause.as_ref().and_then(|p| p.duration);
+        if duration.is_some_and(|d| duration_between(started, self.now) >= d) {
+            self.next_step(index);
+            return Flow::Continue;
+        }
+        // Only a pause that holds puts back drifted weights: one that is over may find the next
+        // step's weight already written (a status write lost to a crash or a conflict).
+        self.ensure_current_weights(stable, canary);
         match duration {
             Some(d) => {
                 let elapsed = duration_between(started, self.now);
-                if elapsed >= d {
-                    self.next_step(index);
-                    return Flow::Continue;
-                }
                 self.st.pending_approval = None;
                 self.transition(
                     Phase::Paused,

@@ -468,6 +468,24 @@ fn preflight_problem_changes_nothing() {
 }
 
 #[test]
+fn an_ended_pause_does_not_undo_the_next_weight_written_before_a_lost_status() {
+    let mut sim = Sim::new();
+    sim.settle(); // 10 %, holding for 2 s
+    sim.advance(3);
+    let before = sim.status.clone();
+    let p = sim.step(); // the pause ends and 50 % is written; the status write is lost
+    assert_eq!(weight_actions(&p), vec![set("v1", "v2", 50)]);
+    sim.status = before;
+    let p = sim.step();
+    assert!(
+        weight_actions(&p).is_empty(),
+        "the canary went back to 10 % before 50 %: {:?}",
+        p.actions
+    );
+    assert_eq!(sim.status.canary_weight, 50);
+}
+
+#[test]
 fn drifted_weights_are_put_back() {
     let mut sim = Sim::new();
     sim.settle();
