@@ -416,7 +416,10 @@ async fn set_replicas_without_hpa() -> Result<()> {
         if let Some(spec) = v.as_object_mut() {
             spec.remove("replicas");
         }
-        Ok(json!({"spec": v, "labels": d.metadata.labels, "annotations": d.metadata.annotations}))
+        // The Deployment controller (running here) adds its revision annotation whenever it gets to it.
+        let mut annotations = d.metadata.annotations.clone().unwrap_or_default();
+        annotations.remove("deployment.kubernetes.io/revision");
+        Ok(json!({"spec": v, "labels": d.metadata.labels, "annotations": annotations}))
     };
     let before = spec_without_replicas(&deployments.get("app-v2").await?)?;
 
