@@ -174,6 +174,10 @@ impl Planner<'_> {
     /// Put back only the bounds canaryd changed and that still have canaryd's value; say so when a
     /// field is left alone because someone changed it during the rollout.
     fn restore_bounds(&mut self, sc: &ScalingStatus, rec: &VersionScaling, name: &str, original: Bounds) {
+        // A write planned earlier in this pass (stable's pin, replanned after a lost status write)
+        // is superseded: the restore below is decided on what the cluster really has.
+        self.actions
+            .retain(|a| !matches!(a, Action::SetHpaBounds { hpa, .. } if hpa == name));
         let observed = [&self.obs.scaling.stable, &self.obs.scaling.canary]
             .into_iter()
             .flatten()

@@ -411,3 +411,23 @@ fn an_unrouted_old_stable_goes_at_the_delay() {
     assert!(scaled_down(&p), "{:?}", p.actions);
     assert!(events([&p], "ScaleDownBlocked").is_empty());
 }
+
+#[test]
+fn a_promotion_replanned_after_a_lost_status_write_leaves_stable_with_its_own_bounds() {
+    let mut sim = Sim::new();
+    sim.until(|s| s.canary_weight() == 100);
+    // The promoting reconcile puts stable's bounds back, then crashes before its status write.
+    let lost = loop {
+        let p = sim.plan_only();
+        if p.status.phase == Phase::Succeeded {
+            break p;
+        }
+        sim.step();
+    };
+    sim.apply(&lost);
+    assert_eq!(sim.hpa("app-v1"), b(2, 10), "{:?}", lost.actions);
+    // Replanned from the old status: the pin it would keep is superseded by the restore.
+    let p = sim.step();
+    assert_eq!(sim.status.phase, Phase::Succeeded);
+    assert_eq!(sim.hpa("app-v1"), b(2, 10), "{:?}", p.actions);
+}
