@@ -63,6 +63,8 @@ enum CrdKind {
     MetricProvider,
     #[value(name = "rolloutcommand")]
     RolloutCommand,
+    #[value(name = "notificationtarget")]
+    NotificationTarget,
 }
 
 #[derive(Subcommand)]
@@ -188,6 +190,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 CrdKind::RolloutPolicy => canaryd::policy::crd_yaml()?,
                 CrdKind::MetricProvider => canaryd::policy::provider_crd_yaml()?,
                 CrdKind::RolloutCommand => canaryd::policy::command_crd_yaml()?,
+                CrdKind::NotificationTarget => canaryd::policy::target_crd_yaml()?,
             };
             print!("{yaml}");
             return Ok(ExitCode::SUCCESS);

@@ -24,6 +24,7 @@ fn deploy_crd_is_not_stale() {
     let crds = [
         ("rolloutpolicy", canaryd::policy::crd_yaml()),
         ("metricprovider", canaryd::policy::provider_crd_yaml()),
+        ("notificationtarget", canaryd::policy::target_crd_yaml()),
         ("rolloutcommand", canaryd::policy::command_crd_yaml()),
     ];
     for (name, generated) in crds {

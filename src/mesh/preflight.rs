@@ -279,6 +279,7 @@ mod tests {
             progress_deadline: std::time::Duration::from_secs(60),
             analysis: None,
             scaling: Default::default(),
+            notifications: Vec::new(),
         }
     }
 

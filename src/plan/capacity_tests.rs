@@ -70,6 +70,7 @@ impl Sim {
             progress_deadline: Duration::from_secs(600),
             analysis: None,
             scaling: Default::default(),
+            notifications: Vec::new(),
         };
         spec.scaling.scale_down_delay = Duration::from_secs(60);
         let obs = Observed {

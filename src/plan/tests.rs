@@ -51,6 +51,7 @@ fn spec() -> RolloutPolicySpec {
         progress_deadline: Duration::from_secs(60),
         analysis: None,
         scaling: Default::default(),
+        notifications: Vec::new(),
     }
 }
 

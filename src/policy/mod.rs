@@ -25,6 +25,11 @@ pub fn command_crd_yaml() -> Result<String> {
     render(crate::gates::commands::RolloutCommand::crd())
 }
 
+/// The NotificationTarget CRD, as committed in deploy/crds/notificationtarget.yaml.
+pub fn target_crd_yaml() -> Result<String> {
+    render(crate::gates::target::NotificationTarget::crd())
+}
+
 fn render(
     crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 ) -> Result<String> {

@@ -53,6 +53,25 @@ pub struct RolloutPolicySpec {
     /// How each version's capacity follows the traffic it is about to get. On by default.
     #[serde(default)]
     pub scaling: Scaling,
+    /// Who is told about this rollout, and who may approve it from Slack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub notifications: Vec<Notification>,
+}
+
+/// One NotificationTarget (cluster-scoped, owned by the platform) and what to send it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Notification {
+    #[schemars(length(min = 1))]
+    pub target: String,
+    /// Which transitions (status reasons, e.g. RolloutStarted, WaitingForApproval, RolledBack,
+    /// Promoted); empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+    /// Slack user IDs allowed to approve this policy, on top of the target's list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
 }
 
 /// Capacity coordination: before each weight increase the canary gets the replicas for its new share

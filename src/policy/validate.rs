@@ -393,6 +393,7 @@ mod tests {
             progress_deadline: Duration::from_secs(60),
             analysis: None,
             scaling: Default::default(),
+            notifications: Vec::new(),
         }
     }
 
