@@ -48,6 +48,7 @@ fn spec() -> RolloutPolicySpec {
         stable: v("v1"),
         canary: Some(v("v2")),
         steps: vec![w(10), pause(Some(2)), w(50), pause(None), w(100)],
+        schedule: None,
         progress_deadline: Duration::from_secs(60),
         analysis: None,
         scaling: Default::default(),
