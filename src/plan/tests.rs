@@ -9,6 +9,8 @@ use super::*;
 use crate::gates::commands::CommandKind;
 use crate::policy::types::{Pause, Step, VirtualServiceRef};
 
+mod schedule;
+
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_700_000_000 + secs).unwrap()
 }
