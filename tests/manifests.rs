@@ -107,7 +107,10 @@ fn validate_names_one_error_per_broken_file() {
     let (ok, out) = validate(&dir);
     assert!(!ok, "broken policies must fail: {out}");
     let expected = [
-        ("bad-cron.yaml", "spec.schedule.windows[0].cron: \"0 9-16 * * 1-5 *\" has 6 fields"),
+        (
+            "bad-cron.yaml",
+            "spec.schedule.windows[0].cron: \"0 9-16 * * 1-5 *\" has 6 fields",
+        ),
         (
             "unknown-time-zone.yaml",
             "spec.schedule.windows[0].timeZone: \"Europe/Berln\" is not a known IANA time zone",
@@ -150,7 +153,10 @@ fn validate_prints_the_next_three_openings_of_each_window() {
         let zone = if i == 0 { "Europe/Berlin" } else { "America/New_York" };
         let openings = &lines[at + 1..at + 4];
         for line in openings {
-            assert!(line.contains(&format!("({zone}) = ")) && line.ends_with('Z'), "{line:?}\n{out}");
+            assert!(
+                line.contains(&format!("({zone}) = ")) && line.ends_with('Z'),
+                "{line:?}\n{out}"
+            );
         }
     }
 }
