@@ -539,14 +539,15 @@ impl Planner<'_> {
             self.succeed(canary);
             return Flow::Stop;
         }
+        // The schedule speaks first: it outlasts any wait for a check.
+        if weight > self.st.canary_weight && !self.st.promote_full && self.held_by_schedule(stable, canary, weight) {
+            return Flow::Stop;
+        }
         if weight > self.st.canary_weight
             && self.st.canary_weight > 0
             && !self.st.promote_full
             && self.waits_for_analysis(canary, weight)
         {
-            return Flow::Stop;
-        }
-        if weight > self.st.canary_weight && !self.st.promote_full && self.held_by_schedule(stable, canary, weight) {
             return Flow::Stop;
         }
         if self.record_scaling() {

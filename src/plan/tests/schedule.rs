@@ -224,3 +224,36 @@ fn drifted_weights_are_put_back_while_held() {
     assert_eq!(weight_actions(&p), vec![set("v1", "v2", 10)]);
     assert_eq!(sim.canary_weight(), 10);
 }
+
+#[test]
+fn a_bad_schedule_is_invalid_and_moves_nothing() {
+    let mut bad = berlin_nine();
+    bad.windows[0].cron = "0 9 * *".into();
+    let mut sim = sim(bad.clone(), "2026-11-27T08:30:00Z");
+    let p = sim.settle();
+    assert!(weight_actions(&p).is_empty(), "{:?}", p.actions);
+    assert_eq!(sim.status.phase, Phase::Invalid);
+    assert!(
+        sim.status
+            .message
+            .as_deref()
+            .unwrap()
+            .starts_with("spec.schedule.windows[0].cron: \"0 9 * *\" has 4 fields"),
+        "{:?}",
+        sim.status.message
+    );
+    // Mid-rollout, a schedule broken by an edit holds the weight where it is.
+    let mut sim = sim_at_ten_in_window();
+    sim.spec.schedule = Some(bad);
+    let p = sim.settle();
+    assert!(weight_actions(&p).is_empty(), "{:?}", p.actions);
+    assert_eq!(sim.status.phase, Phase::Invalid);
+    assert_eq!(sim.canary_weight(), 10);
+}
+
+fn sim_at_ten_in_window() -> Sim {
+    let mut sim = sim(berlin_nine(), "2026-11-27T08:00:00Z");
+    sim.settle();
+    assert_eq!(sim.canary_weight(), 10);
+    sim
+}
