@@ -70,7 +70,7 @@ async fn the_rollout_holds_outside_a_window_and_in_a_freeze_then_goes_on() -> Re
         )?;
 
         // The window replaced by a freeze that ends in a few seconds: held, then on.
-        let until = at_second(Timestamp::now(), 8)?;
+        let until = at_second(Timestamp::now(), 12)?;
         let frozen = seed.policy_yaml().replace(
             "  progressDeadline: 10m",
             &format!(
