@@ -30,6 +30,19 @@ async fn the_rollout_holds_outside_a_window_and_in_a_freeze_then_goes_on() -> Re
     let seed = seed("sched").await?;
     let daemon = start_daemon(&seed.ns).await?;
     let run = async {
+        // The API server refuses a freeze that ends before it begins.
+        let backwards = seed.policy_yaml().replace(
+            "  progressDeadline: 10m",
+            "  progressDeadline: 10m\n  schedule:\n    freezes: [{from: \"2026-12-20T00:00:00Z\", to: \"2026-12-19T00:00:00Z\"}]",
+        );
+        match seed.apply(&backwards).await {
+            Ok(()) => anyhow::bail!("a backwards freeze was accepted"),
+            Err(e) => ensure(
+                format!("{e:#}").contains("a freeze's to must be after its from"),
+                format!("{e:#}"),
+            )?,
+        }
+
         // A window opening a few minutes from now (UTC): closed until then.
         let now = Timestamp::now();
         let open = at_second(now, 180 - now.as_second().rem_euclid(60))?;

@@ -56,6 +56,10 @@ fn utc() -> String {
 /// No traffic increase from `from` (inclusive) to `to` (exclusive).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.to > self.from",
+    "message": "a freeze's to must be after its from"
+}]))]
 pub struct Freeze {
     /// RFC 3339, e.g. 2026-12-20T00:00:00Z.
     #[schemars(schema_with = "date_time")]
