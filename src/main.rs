@@ -255,11 +255,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn validate_cmd(path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let reports = validate::validate_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let reports =
+        validate::validate_path(path, jiff::Timestamp::now()).with_context(|| format!("reading {}", path.display()))?;
     let mut failed = 0;
     let mut policies = 0;
     for r in &reports {
         policies += r.policies;
+        for line in &r.openings {
+            println!("{}: {line}", r.path.display());
+        }
         if r.errors.is_empty() {
             continue;
         }

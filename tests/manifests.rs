@@ -107,6 +107,14 @@ fn validate_names_one_error_per_broken_file() {
     let (ok, out) = validate(&dir);
     assert!(!ok, "broken policies must fail: {out}");
     let expected = [
+        (
+            "bad-cron.yaml",
+            "spec.schedule.windows[0].cron: \"0 9-16 * * 1-5 *\" has 6 fields",
+        ),
+        (
+            "unknown-time-zone.yaml",
+            "spec.schedule.windows[0].timeZone: \"Europe/Berln\" is not a known IANA time zone",
+        ),
         ("bad-duration.yaml", "spec.steps[1].pause.duration"),
         (
             "decreasing-weights.yaml",
@@ -123,5 +131,32 @@ fn validate_names_one_error_per_broken_file() {
         let lines: Vec<&str> = out.lines().filter(|l| l.contains(file)).collect();
         assert_eq!(lines.len(), 1, "{file}: want one error line, got {lines:?}\n{out}");
         assert!(lines[0].contains(message), "{file}: want {message:?} in {:?}", lines[0]);
+    }
+}
+
+#[test]
+fn validate_prints_the_next_three_openings_of_each_window() {
+    let (ok, out) = validate(&repo().join("policies/schedule"));
+    assert!(ok, "{out}");
+    for (i, header) in [
+        "spec.schedule.windows[0] \"0 9-16 * * 1-5\" for 1h (Europe/Berlin) opens next at:",
+        "spec.schedule.windows[1] \"0 22 * * 1-4\" for 4h (America/New_York) opens next at:",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let lines: Vec<&str> = out.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.contains(header))
+            .unwrap_or_else(|| panic!("window {i}: no {header:?} in\n{out}"));
+        let zone = if i == 0 { "Europe/Berlin" } else { "America/New_York" };
+        let openings = &lines[at + 1..at + 4];
+        for line in openings {
+            assert!(
+                line.contains(&format!("({zone}) = ")) && line.ends_with('Z'),
+                "{line:?}\n{out}"
+            );
+        }
     }
 }

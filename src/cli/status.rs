@@ -9,6 +9,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::error::Result;
+use crate::gates::schedule::{self, ScheduleStatus};
 use crate::policy::types::RolloutPolicy;
 
 const BAR: usize = 30;
@@ -61,6 +62,27 @@ pub fn table(policies: &[RolloutPolicy]) -> String {
     out
 }
 
+/// "OutsideWindow: next opening 2026-11-27T09:00:00+01:00 (Europe/Berlin) = 2026-11-27T08:00:00Z".
+fn schedule_hold(h: &ScheduleStatus) -> String {
+    let next = match h.next_open {
+        Some(at) => {
+            let tz = h
+                .time_zone
+                .as_deref()
+                .and_then(|z| jiff::tz::TimeZone::get(z).ok())
+                .unwrap_or(jiff::tz::TimeZone::UTC);
+            format!("next opening {} = {at}", schedule::show(&at.to_zoned(tz)))
+        }
+        None => "no opening in the next 8 years".into(),
+    };
+    let frozen = match (&h.frozen_until, &h.freeze_reason) {
+        (Some(until), Some(r)) => format!(" (frozen until {until}: {r})"),
+        (Some(until), None) => format!(" (frozen until {until})"),
+        _ => String::new(),
+    };
+    format!("{}{frozen}: {next}", h.hold.as_str())
+}
+
 fn bar(weight: u8) -> String {
     let filled = usize::from(weight) * BAR / 100;
     format!("[{}{}] {weight:>3}%", "#".repeat(filled), "-".repeat(BAR - filled))
@@ -92,6 +114,9 @@ pub fn detail(p: &RolloutPolicy) -> String {
     }
     if let Some(a) = &st.pending_approval {
         let _ = writeln!(out, "  waits  {a}");
+    }
+    if let Some(h) = &st.schedule {
+        let _ = writeln!(out, "  hold   {}", schedule_hold(h));
     }
     if let Some(m) = &st.message {
         let _ = writeln!(out, "  last   {m}");
@@ -171,5 +196,27 @@ pub async fn watch(
             println!("{view}");
             last = view;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gates::schedule::HoldReason;
+
+    #[test]
+    fn the_hold_names_the_next_opening_in_its_zone() {
+        let h = ScheduleStatus {
+            hold: HoldReason::Frozen,
+            next_open: Some("2027-01-04T08:00:00Z".parse().unwrap()),
+            time_zone: Some("Europe/Berlin".into()),
+            frozen_until: Some("2027-01-04T00:00:00Z".parse().unwrap()),
+            freeze_reason: Some("year-end freeze".into()),
+        };
+        assert_eq!(
+            schedule_hold(&h),
+            "Frozen (frozen until 2027-01-04T00:00:00Z: year-end freeze): next opening \
+             2027-01-04T09:00:00+01:00 (Europe/Berlin) = 2027-01-04T08:00:00Z"
+        );
     }
 }

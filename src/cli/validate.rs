@@ -3,8 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use jiff::Timestamp;
+use serde::Deserialize;
 use serde_json::Value;
 
+use crate::gates::schedule::{next_openings, show};
 use crate::policy::types::RolloutPolicySpec;
 use crate::policy::validate::validate_spec;
 
@@ -16,10 +19,12 @@ pub struct FileReport {
     pub path: PathBuf,
     pub policies: usize,
     pub errors: Vec<String>,
+    /// The next openings of each schedule window of the valid policies.
+    pub openings: Vec<String>,
 }
 
 /// Every `.yaml`/`.yml` under `path` (or `path` itself), in a stable order.
-pub fn validate_path(path: &Path) -> std::io::Result<Vec<FileReport>> {
+pub fn validate_path(path: &Path, now: Timestamp) -> std::io::Result<Vec<FileReport>> {
     let mut files = Vec::new();
     collect(path, &mut files)?;
     files.sort();
@@ -28,10 +33,16 @@ pub fn validate_path(path: &Path) -> std::io::Result<Vec<FileReport>> {
         .map(|f| {
             let text = std::fs::read_to_string(&f)?;
             let (policies, errors) = validate_text(&text);
+            let openings = if errors.is_empty() {
+                openings(&text, now)
+            } else {
+                Vec::new()
+            };
             Ok(FileReport {
                 path: f,
                 policies,
                 errors,
+                openings,
             })
         })
         .collect()
@@ -70,6 +81,38 @@ pub fn validate_text(text: &str) -> (usize, Vec<String>) {
         errors.extend(validate_policy(doc).into_iter().map(|e| format!("{prefix}: {e}")));
     }
     (policies, errors)
+}
+
+/// How many openings `canaryd validate` shows per window.
+pub const OPENINGS: usize = 3;
+
+/// For each schedule window of each RolloutPolicy in a valid text: its next openings after `now`, in
+/// the window's time zone and in UTC.
+pub fn openings(text: &str, now: Timestamp) -> Vec<String> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).unwrap_or_default();
+    let mut out = Vec::new();
+    for doc in docs
+        .iter()
+        .filter(|d| d.get("kind").and_then(Value::as_str) == Some("RolloutPolicy"))
+    {
+        let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let Some(spec) = doc.get("spec").and_then(|s| RolloutPolicySpec::deserialize(s).ok()) else {
+            continue;
+        };
+        for (i, w) in spec.schedule.iter().flat_map(|s| s.windows.iter()).enumerate() {
+            out.push(format!(
+                "RolloutPolicy {name}: spec.schedule.windows[{i}] {:?} for {} ({}) opens next at:",
+                w.cron,
+                humantime::format_duration(w.duration),
+                w.time_zone
+            ));
+            match next_openings(w, now, OPENINGS) {
+                Ok(at) => out.extend(at.iter().map(|z| format!("  {} = {}", show(z), z.timestamp()))),
+                Err(e) => out.push(format!("  {e}")),
+            }
+        }
+    }
+    out
 }
 
 fn validate_policy(doc: &Value) -> Vec<String> {
@@ -128,7 +171,7 @@ spec:
 
     #[test]
     fn table() {
-        let cases: Vec<(String, Option<&str>)> = vec![
+        let mut cases: Vec<(String, Option<&str>)> = vec![
             (GOOD.to_string(), None),
             (
                 GOOD.replace("{weight: 10}", "{weigth: 10}"),
@@ -155,6 +198,38 @@ spec:
                 Some("spec.steps[0].weight"),
             ),
         ];
+        let schedule =
+            "\n  schedule:\n    windows: [{cron: \"0 9-16 * * 1-5\", duration: 1h, timeZone: Europe/Berlin}]\n";
+        let scheduled = format!("{GOOD}{schedule}");
+        cases.extend([
+            (scheduled.clone(), None),
+            (
+                scheduled.replace("0 9-16 * * 1-5", "0 9-16 * *"),
+                Some("spec.schedule.windows[0].cron: \"0 9-16 * *\" has 4 fields"),
+            ),
+            (
+                scheduled.replace("0 9-16", "61 9-16"),
+                Some("spec.schedule.windows[0].cron: minute \"61\" is not a number within 0-59"),
+            ),
+            (
+                scheduled.replace("Europe/Berlin", "Europe/Berln"),
+                Some("spec.schedule.windows[0].timeZone: \"Europe/Berln\" is not a known IANA time zone"),
+            ),
+            (
+                scheduled.replace("duration: 1h", "duration: 8d"),
+                Some("spec.schedule.windows[0].duration"),
+            ),
+            (
+                format!(
+                    "{GOOD}\n  schedule:\n    freezes: [{{from: 2026-12-20T00:00:00Z, to: 2026-12-19T00:00:00Z}}]\n"
+                ),
+                Some("spec.schedule.freezes[0].to"),
+            ),
+            (
+                format!("{GOOD}\n  schedule:\n    freezes: [{{from: 2026-12-20, to: 2026-12-21T00:00:00Z}}]\n"),
+                Some("spec.schedule.freezes[0].from"),
+            ),
+        ]);
         for (text, want) in cases {
             let (n, errors) = validate_text(&text);
             assert_eq!(n, 1);
@@ -163,5 +238,27 @@ spec:
                 Some(w) => assert!(errors.iter().any(|e| e.contains(w)), "want {w:?} in {errors:?}"),
             }
         }
+    }
+
+    #[test]
+    fn openings_of_each_window_in_its_zone_and_utc() {
+        let text = format!(
+            "{GOOD}\n  schedule:\n    windows:\n      - {{cron: \"0 9-16 * * 1-5\", duration: 1h, timeZone: Europe/Berlin}}\n      - {{cron: \"30 2 * * *\", duration: 1h}}\n"
+        );
+        // Friday 2026-11-27 16:30 CET: the 16:00 window has opened; the next is Monday's.
+        let now: Timestamp = "2026-11-27T15:30:00Z".parse().unwrap();
+        assert_eq!(
+            openings(&text, now),
+            [
+                "RolloutPolicy app: spec.schedule.windows[0] \"0 9-16 * * 1-5\" for 1h (Europe/Berlin) opens next at:",
+                "  2026-11-30T09:00:00+01:00 (Europe/Berlin) = 2026-11-30T08:00:00Z",
+                "  2026-11-30T10:00:00+01:00 (Europe/Berlin) = 2026-11-30T09:00:00Z",
+                "  2026-11-30T11:00:00+01:00 (Europe/Berlin) = 2026-11-30T10:00:00Z",
+                "RolloutPolicy app: spec.schedule.windows[1] \"30 2 * * *\" for 1h (UTC) opens next at:",
+                "  2026-11-28T02:30:00+00:00 (UTC) = 2026-11-28T02:30:00Z",
+                "  2026-11-29T02:30:00+00:00 (UTC) = 2026-11-29T02:30:00Z",
+                "  2026-11-30T02:30:00+00:00 (UTC) = 2026-11-30T02:30:00Z",
+            ]
+        );
     }
 }

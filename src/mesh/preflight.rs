@@ -276,6 +276,7 @@ mod tests {
             stable: v("v1"),
             canary: None,
             steps: Vec::new(),
+            schedule: None,
             progress_deadline: std::time::Duration::from_secs(60),
             analysis: None,
             scaling: Default::default(),

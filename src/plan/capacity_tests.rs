@@ -67,6 +67,7 @@ impl Sim {
                     pause: None,
                 })
                 .to_vec(),
+            schedule: None,
             progress_deadline: Duration::from_secs(600),
             analysis: None,
             scaling: Default::default(),

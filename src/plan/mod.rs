@@ -16,6 +16,7 @@ use crate::policy::validate::validate_spec;
 mod analysis;
 mod capacity;
 mod commands;
+mod schedule;
 
 pub use capacity::{ScaleObserved, VersionScale};
 #[cfg(test)]
@@ -224,6 +225,7 @@ const WARNING_REASONS: [&str; 2] = ["StableNotReady", "CanaryUnavailable"];
 impl Planner<'_> {
     fn run(&mut self) {
         self.st.observed_generation = self.obs.generation;
+        self.st.schedule = None; // set again by a schedule hold in this pass
         let stable = self.st.stable.clone().unwrap_or_else(|| self.spec.stable.clone());
         self.st.stable = Some(stable.clone());
         if let Some(err) = &self.obs.command_error {
@@ -535,6 +537,10 @@ impl Planner<'_> {
                 return Flow::Stop;
             }
             self.succeed(canary);
+            return Flow::Stop;
+        }
+        // The schedule speaks first: it outlasts any wait for a check.
+        if weight > self.st.canary_weight && !self.st.promote_full && self.held_by_schedule(stable, canary, weight) {
             return Flow::Stop;
         }
         if weight > self.st.canary_weight

@@ -9,6 +9,8 @@ use super::*;
 use crate::gates::commands::CommandKind;
 use crate::policy::types::{Pause, Step, VirtualServiceRef};
 
+mod schedule;
+
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_700_000_000 + secs).unwrap()
 }
@@ -48,6 +50,7 @@ fn spec() -> RolloutPolicySpec {
         stable: v("v1"),
         canary: Some(v("v2")),
         steps: vec![w(10), pause(Some(2)), w(50), pause(None), w(100)],
+        schedule: None,
         progress_deadline: Duration::from_secs(60),
         analysis: None,
         scaling: Default::default(),

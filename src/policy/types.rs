@@ -43,6 +43,9 @@ pub struct RolloutPolicySpec {
     /// Weight changes and pauses, in order. The last weight must be 100.
     #[schemars(length(min = 1, max = 100))]
     pub steps: Vec<Step>,
+    /// When traffic may rise: cron windows and freezes. Absent: any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::gates::schedule::Schedule>,
     /// How long the canary may take to become Ready at a weight step before the rollout fails.
     #[serde(default = "default_progress_deadline", with = "humantime_serde")]
     #[schemars(schema_with = "crate::policy::schema::duration")]
@@ -281,6 +284,9 @@ pub struct RolloutPolicyStatus {
     pub analysis: Option<AnalysisStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<ScalingStatus>,
+    /// Present while `spec.schedule` holds the rollout: why, and when traffic may rise again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::gates::schedule::ScheduleStatus>,
 }
 
 /// What canaryd changed in each version's scaling, recorded before the first change so that it is

@@ -126,6 +126,9 @@ pub fn validate_spec(spec: &RolloutPolicySpec) -> Vec<FieldError> {
         errors.push(err("spec.progressDeadline", "must be greater than zero"));
     }
     errors.extend(validate_bounds(spec));
+    if let Some(schedule) = &spec.schedule {
+        errors.extend(crate::gates::schedule::validate(schedule));
+    }
     errors
 }
 
@@ -390,6 +393,7 @@ mod tests {
                 deployment: "app-v2".into(),
             }),
             steps,
+            schedule: None,
             progress_deadline: Duration::from_secs(60),
             analysis: None,
             scaling: Default::default(),
