@@ -278,6 +278,7 @@ mod tests {
             steps: Vec::new(),
             progress_deadline: std::time::Duration::from_secs(60),
             analysis: None,
+            webhooks: Vec::new(),
             scaling: Default::default(),
             notifications: Vec::new(),
         }

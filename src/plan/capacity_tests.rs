@@ -69,6 +69,7 @@ impl Sim {
                 .to_vec(),
             progress_deadline: Duration::from_secs(600),
             analysis: None,
+            webhooks: Vec::new(),
             scaling: Default::default(),
             notifications: Vec::new(),
         };

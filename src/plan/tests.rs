@@ -50,6 +50,7 @@ fn spec() -> RolloutPolicySpec {
         steps: vec![w(10), pause(Some(2)), w(50), pause(None), w(100)],
         progress_deadline: Duration::from_secs(60),
         analysis: None,
+        webhooks: Vec::new(),
         scaling: Default::default(),
         notifications: Vec::new(),
     }
@@ -1574,3 +1575,6 @@ mod trust {
         }
     }
 }
+
+#[path = "hooks_tests.rs"]
+mod hooks;

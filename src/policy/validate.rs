@@ -126,6 +126,7 @@ pub fn validate_spec(spec: &RolloutPolicySpec) -> Vec<FieldError> {
         errors.push(err("spec.progressDeadline", "must be greater than zero"));
     }
     errors.extend(validate_bounds(spec));
+    errors.extend(crate::gates::webhook::validate(&spec.webhooks));
     errors
 }
 
@@ -392,6 +393,7 @@ mod tests {
             steps,
             progress_deadline: Duration::from_secs(60),
             analysis: None,
+            webhooks: Vec::new(),
             scaling: Default::default(),
             notifications: Vec::new(),
         }
