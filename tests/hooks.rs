@@ -157,6 +157,16 @@ async fn confirm_gates_wait_for_a_2xx_and_events_see_every_transition_in_order()
             })
             .await?;
         ensure(message(&p).contains("confirm-rollout webhook start"), message(&p))?;
+        let operator = fixture::operator_kubeconfig(&seed).await?;
+        let (ok, out) = fixture::cli(
+            &operator,
+            &["status", POLICY, "-n", &seed.ns, "--watch", "--watch-for", "2s"],
+        )
+        .await?;
+        ensure(
+            ok && out.contains("gate   confirm-rollout webhook start since") && out.contains("HTTP 403"),
+            format!("canaryd status: {out}"),
+        )?;
         // Re-asked every interval while it says no, and no traffic moves meanwhile.
         tokio::time::sleep(Duration::from_secs(3)).await;
         ensure(
