@@ -30,6 +30,8 @@ struct Script {
     hang: HashMap<String, u32>,
     /// Every call received: (path, body).
     calls: Vec<(String, Value)>,
+    /// The Authorization header of every call: (path, header).
+    auth: Vec<(String, Option<String>)>,
 }
 
 /// A webhook receiver on 127.0.0.1 answering per its script.
@@ -76,11 +78,17 @@ impl Receiver {
 async fn answer(
     State(script): State<Arc<Mutex<Script>>>,
     Path(hook): Path<String>,
+    headers: axum::http::HeaderMap,
     Json(body): Json<Value>,
 ) -> StatusCode {
     let (code, hang) = {
         let mut s = script.lock().unwrap_or_else(|e| e.into_inner());
         s.calls.push((hook.clone(), body));
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        s.auth.push((hook.clone(), auth));
         let hang = match s.hang.get_mut(&hook) {
             Some(n) if *n > 0 => {
                 *n = n.saturating_sub(if *n == u32::MAX { 0 } else { 1 });
@@ -94,6 +102,17 @@ async fn answer(
         tokio::time::sleep(Duration::from_secs(30)).await;
     }
     StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+impl Receiver {
+    fn auth(&self, hook: &str) -> Vec<Option<String>> {
+        self.script()
+            .auth
+            .iter()
+            .filter(|(h, _)| h == hook)
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
 }
 
 /// `spec.webhooks` entries: (name, type, extra fields), each at `receiver/name`.
@@ -374,6 +393,58 @@ async fn an_slo_breach_rolls_back_while_confirm_traffic_increase_says_no() -> Re
         )?;
         seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 100), ("v2", 0)], T)
             .await?;
+        Ok(())
+    };
+    run.await.map_err(|e| fixture::fail_with_logs(&daemon, e))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_goes_only_to_the_urls_its_secret_allows() -> Result<()> {
+    let seed = seed("hk-token").await?;
+    let r = Receiver::start().await?;
+    let daemon = start_daemon(&seed.ns).await?;
+    let run = async {
+        // The platform's Secrets in the daemon's namespace: one allows the receiver's /start only.
+        seed.apply(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: hk-gate-token\n  namespace: canaryd-system\n  \
+             annotations: {{canaryd.io/webhook-urls: \"{}/start\"}}\nstringData: {{token: s3cret-hk}}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata:\n  name: hk-other-token\n  namespace: canaryd-system\n  \
+             annotations: {{canaryd.io/webhook-urls: \"http://elsewhere.test/\"}}\nstringData: {{token: not-for-you}}\n",
+            r.base
+        ))
+        .await?;
+        let hooks = webhooks(
+            &r,
+            &[
+                (
+                    "start",
+                    "confirm-rollout",
+                    ", bearerTokenSecret: {name: hk-gate-token, key: token}",
+                ),
+                (
+                    "promote",
+                    "confirm-promotion",
+                    ", bearerTokenSecret: {name: hk-other-token, key: token}",
+                ),
+            ],
+        );
+        seed.apply(&seed_policy(&seed, "    - weight: 10\n    - weight: 100\n", &hooks)?)
+            .await?;
+        seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 90), ("v2", 10)], T)
+            .await?;
+        ensure(
+            !r.auth("start").is_empty() && r.auth("start").iter().all(|a| a.as_deref() == Some("Bearer s3cret-hk")),
+            format!("{:?}", r.auth("start")),
+        )?;
+        // A Secret that does not list this URL: the call is not made, the gate holds and says why.
+        let p = seed
+            .wait_policy(POLICY, "confirm-promotion refused its token", T, |p| {
+                gate(p).is_some_and(|(h, a)| h == "promote" && a.is_some_and(|a| a.contains("does not allow this URL")))
+            })
+            .await?;
+        ensure(phase(&p) == Phase::Progressing, format!("{:?}", phase(&p)))?;
+        ensure(r.calls("promote").is_empty(), "a refused token's hook was called")?;
+        ensure(canary_weight(&seed).await? == 10, "promoted past a refused gate")?;
         Ok(())
     };
     run.await.map_err(|e| fixture::fail_with_logs(&daemon, e))

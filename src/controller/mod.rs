@@ -377,7 +377,14 @@ impl RolloutPolicy {
             }
         }
         act::mark_synced(&mut plan.status, self.metadata.generation);
-        let (wanted, fire) = hooks::addressed(self, &seen.versions, &mut plan);
+        let (wanted, fire) = hooks::addressed(
+            &ctx.client,
+            &ctx.options.secrets_namespace,
+            self,
+            &seen.versions,
+            &mut plan,
+        )
+        .await;
         if plan.status != current {
             act::write_status(self, ctx, &plan.status).await?;
             // Only transitions that are recorded are announced.

@@ -12,7 +12,7 @@ use futures::channel::mpsc::{UnboundedSender, unbounded};
 use jiff::Timestamp;
 use tracing::{debug, warn};
 
-use super::webhook::{HookAnswer, HookCall};
+use super::webhook::{Credential, HookAnswer, HookCall};
 
 /// How often the runner looks for due calls.
 const TICK: Duration = Duration::from_millis(100);
@@ -162,13 +162,17 @@ impl Runner {
 
     /// POST the payload; (2xx, what it said).
     async fn call(&self, call: &HookCall) -> (bool, String) {
-        let sent = self
+        let mut request = self
             .http
             .post(&call.hook.url)
             .timeout(call.hook.timeout)
-            .json(&call.payload)
-            .send()
-            .await;
+            .json(&call.payload);
+        match &call.credential {
+            Credential::None => {}
+            Credential::Bearer(token) => request = request.bearer_auth(&token.0),
+            Credential::Refused(why) => return (false, why.clone()),
+        }
+        let sent = request.send().await;
         match sent {
             Ok(resp) => {
                 let status = resp.status();

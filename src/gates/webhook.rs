@@ -9,6 +9,7 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::policy::types::SecretKeyRef;
 use crate::policy::validate::FieldError;
 
 /// One webhook: when it is called (`type`), where, and how patiently.
@@ -38,6 +39,44 @@ pub struct Webhook {
     /// Sent as is in the payload's `metadata`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// A bearer token from a Secret in the daemon's namespace. Sent only if the platform allowed
+    /// this URL: the Secret's `canaryd.io/webhook-urls` annotation lists URL prefixes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_secret: Option<SecretKeyRef>,
+}
+
+/// The Secret annotation listing (comma-separated) the URL prefixes a token may be sent to.
+pub const ALLOWED_URLS_ANNOTATION: &str = "canaryd.io/webhook-urls";
+
+/// A bearer token; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Bearer(pub String);
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(<redacted>)")
+    }
+}
+
+/// A hook's credential as the controller resolved it: the token, or why it is not sent (then the
+/// call is not made and counts as a failed answer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    None,
+    Bearer(Bearer),
+    Refused(String),
+}
+
+/// Whether `url` is under one of the prefixes in the annotation's value.
+pub fn url_allowed(annotation: &str, url: &str) -> bool {
+    annotation
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .any(|prefix| {
+            url.starts_with(prefix)
+                && (prefix.ends_with('/') || url.len() == prefix.len() || url[prefix.len()..].starts_with('/'))
+        })
 }
 
 /// When a hook is called (Flagger's names).
@@ -229,6 +268,8 @@ pub struct HookCall {
     /// Asked again every interval even after a 2xx (rollout and rollback hooks).
     pub repeat: bool,
     pub payload: Payload,
+    /// Filled in by the controller.
+    pub credential: Credential,
 }
 
 /// The newest answer of one hook, for one binding.
@@ -258,6 +299,7 @@ mod tests {
             retries: 2,
             interval: default_interval(),
             metadata: BTreeMap::new(),
+            bearer_token_secret: None,
         }
     }
 
@@ -289,6 +331,21 @@ mod tests {
         }
         let errors = validate(&[hook("http://a/"), hook("http://b/")]);
         assert!(errors.iter().any(|e| e.field == "spec.webhooks[1].name"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_token_goes_only_under_an_allowed_prefix() {
+        let allowed = "https://gate.tools.svc/, http://loadtester.test";
+        assert!(url_allowed(allowed, "https://gate.tools.svc/approve"));
+        assert!(url_allowed(allowed, "http://loadtester.test"));
+        assert!(url_allowed(allowed, "http://loadtester.test/run"));
+        assert!(!url_allowed(allowed, "http://loadtester.test.evil.com/"));
+        assert!(
+            !url_allowed(allowed, "http://gate.tools.svc/approve"),
+            "not over plain http"
+        );
+        assert!(!url_allowed("", "http://x/"));
+        assert_eq!(format!("{:?}", Bearer("s3cret".into())), "Bearer(<redacted>)");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! answers (observed, bound to this rollout's step) mean. No HTTP here: the runner makes the calls.
 
 use super::Planner;
-use crate::gates::webhook::{GateStatus, HookAnswer, HookCall, HookType, Payload, PayloadVersion, Webhook};
+use crate::gates::webhook::{Credential, GateStatus, HookAnswer, HookCall, HookType, Payload, PayloadVersion, Webhook};
 use crate::policy::types::{Phase, RolloutPolicyStatus, VersionRef};
 
 pub(super) const WAITING_FOR_WEBHOOK: &str = "WaitingForWebhook";
@@ -154,6 +154,7 @@ impl Planner<'_> {
                     binding: binding.clone(),
                     repeat: false,
                     payload,
+                    credential: Credential::None,
                 });
             }
         }
@@ -201,6 +202,7 @@ impl Planner<'_> {
                 binding: binding.clone(),
                 repeat: *repeat,
                 payload: self.payload(hook),
+                credential: Credential::None,
             })
             .collect()
     }

@@ -16,6 +16,7 @@ fn hook(name: &str, type_: HookType, retries: u32) -> Webhook {
         retries,
         interval: Duration::from_secs(5),
         metadata: [("cmd".to_string(), "smoke".to_string())].into(),
+        bearer_token_secret: None,
     }
 }
 
