@@ -203,7 +203,17 @@ async fn confirm_gates_wait_for_a_2xx_and_events_see_every_transition_in_order()
                 && body["canaryWeight"] == 0
                 && body["stable"]["subset"] == "v1"
                 && body["canary"]["subset"] == "v2"
-                && body["metadata"]["team"] == "payments",
+                && body["metadata"]["team"] == "payments"
+                && body["hook"] == "start"
+                && body["step"] == 0
+                && body["stableWeight"] == 100
+                && body["stable"]["version"] == "v1"
+                && body["canary"]["version"] == "v2"
+                && body["canary"]["templateHash"].as_str().is_some_and(|h| !h.is_empty())
+                && body["reason"] == "WaitingForWebhook"
+                && body["timestamp"]
+                    .as_str()
+                    .is_some_and(|t| t.parse::<jiff::Timestamp>().is_ok()),
             format!("payload: {body}"),
         )?;
 

@@ -274,6 +274,23 @@ fn post_rollout_and_event_hooks_never_change_the_outcome() {
     assert!(p.fire.is_empty() && p.hooks.is_empty());
 }
 
+#[test]
+fn post_rollout_is_told_of_an_abort_once() {
+    let mut sim = with(
+        vec![hook("after", HookType::PostRollout, 0)],
+        vec![w(10), pause(None), w(100)],
+    );
+    sim.settle();
+    sim.obs.command = cmd("a1", CommandKind::Abort);
+    let mut fired = Vec::new();
+    for _ in 0..5 {
+        let p = sim.step();
+        fired.extend(p.fire.iter().map(|c| c.payload.phase.clone()));
+    }
+    assert_eq!(sim.status.phase, Phase::Aborted);
+    assert_eq!(fired, vec!["Aborted".to_string()]);
+}
+
 fn reason(st: &RolloutPolicyStatus) -> String {
     st.history.last().map(|t| t.reason.clone()).unwrap_or_default()
 }
