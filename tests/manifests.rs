@@ -123,6 +123,10 @@ fn validate_names_one_error_per_broken_file() {
         ("last-step-not-100.yaml", "the last weight step must be 100"),
         ("typo-field.yaml", "spec.steps[0].weigth: unknown field `weigth`"),
         (
+            "unknown-hook-type.yaml",
+            "spec.webhooks[0].type: unknown variant `before-rollout`",
+        ),
+        (
             "weight-and-pause.yaml",
             "spec.steps[0]: a step has exactly one of weight or pause",
         ),

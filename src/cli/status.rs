@@ -118,6 +118,14 @@ pub fn detail(p: &RolloutPolicy) -> String {
     if let Some(h) = &st.schedule {
         let _ = writeln!(out, "  hold   {}", schedule_hold(h));
     }
+    if let Some(g) = &st.gate {
+        let answer = g.last_answer.as_deref().unwrap_or("no answer yet");
+        let _ = writeln!(
+            out,
+            "  gate   {} webhook {} since {}: {answer}",
+            g.type_, g.hook, g.since
+        );
+    }
     if let Some(m) = &st.message {
         let _ = writeln!(out, "  last   {m}");
     }

@@ -5,6 +5,7 @@ mod act;
 mod analysis;
 pub mod cache;
 mod commands;
+mod hooks;
 pub mod leader;
 pub mod observe;
 
@@ -27,6 +28,7 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::analysis::engine::{Engine, Key};
 use crate::error::{Error, Result};
+use crate::gates::runner::Runner;
 use crate::http::{Health, RESYNC};
 use crate::metrics::Metrics;
 use crate::plan::plan;
@@ -54,6 +56,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub engine: Arc<Engine>,
+    /// Calls the policies' webhooks.
+    pub hooks: Arc<Runner>,
     /// Checked before every write: false once this replica may have lost the Lease.
     pub leader: LeaderGuard,
     pub health: Arc<Health>,
@@ -106,6 +110,8 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         controller: "canaryd".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let hooks = Arc::new(Runner::new(wake.clone())?);
+    tokio::spawn(hooks.clone().run());
     let engine = Arc::new(Engine::new(wake, metrics.clone()));
     tokio::spawn(engine.clone().run());
     let ctx = Arc::new(Context {
@@ -115,6 +121,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         recorder: Recorder::new(client, reporter),
         metrics,
         engine,
+        hooks,
         leader,
         health: health.clone(),
         policy_resource: resource.clone(),
@@ -342,8 +349,9 @@ impl RolloutPolicy {
                 return Err(Error::Action(failure.message()));
             }
         }
-        ctx.engine
-            .want((self.namespace().unwrap_or_default(), self.name_any()), None);
+        let key = (self.namespace().unwrap_or_default(), self.name_any());
+        ctx.hooks.forget(&key);
+        ctx.engine.want(key, None);
         tracing::info!("policy deleted: traffic and scaling restored");
         crate::failpoint!("after-cleanup");
         Ok(Requeue::await_change())
@@ -356,6 +364,7 @@ impl RolloutPolicy {
         let command = commands::next(ctx, self).await?;
         let mut seen = observe::observe(&ctx.caches, self, ctx.engine.latest(&key), fresh)?;
         seen.observed.command = command.as_ref().map(|c| c.command.clone());
+        seen.observed.hooks = ctx.hooks.latest(&key);
         let current = self.status.clone().unwrap_or_default();
         let mut plan = plan(&self.spec, &current, &seen.observed, Timestamp::now());
         match act::carry_out(self, ctx, &plan.actions, act::Mode::Reconcile).await {
@@ -368,8 +377,18 @@ impl RolloutPolicy {
             }
         }
         act::mark_synced(&mut plan.status, self.metadata.generation);
+        let (wanted, fire) = hooks::addressed(
+            &ctx.client,
+            &ctx.options.secrets_namespace,
+            self,
+            &seen.versions,
+            &mut plan,
+        )
+        .await;
         if plan.status != current {
             act::write_status(self, ctx, &plan.status).await?;
+            // Only transitions that are recorded are announced.
+            ctx.hooks.fire(&key, fire);
             if let Some(command) = &command {
                 commands::finish(ctx, self, command, &plan.status).await?;
             }
@@ -390,6 +409,7 @@ impl RolloutPolicy {
             &seen.versions,
         )
         .await?;
+        ctx.hooks.want(key.clone(), wanted);
         ctx.engine.want(key, request);
         ctx.metrics.record_policy(self, &plan.status);
         Ok(match plan.requeue {

@@ -237,6 +237,7 @@ pub fn observe(
             analysis,
             scaling,
             old_stable_routes: old_stable_routes(caches, policy, &fqdn),
+            hooks: Vec::new(),
         },
         versions,
     })

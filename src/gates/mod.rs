@@ -1,5 +1,7 @@
-//! Gates: what a person (or later a webhook, Slack or a schedule window) says about a rollout.
+//! Gates: what a person, a webhook, Slack or a schedule window says about a rollout.
 
 pub mod commands;
+pub mod runner;
 pub mod schedule;
 pub mod target;
+pub mod webhook;

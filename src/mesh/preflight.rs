@@ -279,6 +279,7 @@ mod tests {
             schedule: None,
             progress_deadline: std::time::Duration::from_secs(60),
             analysis: None,
+            webhooks: Vec::new(),
             scaling: Default::default(),
             notifications: Vec::new(),
         }

@@ -70,6 +70,7 @@ impl Sim {
             schedule: None,
             progress_deadline: Duration::from_secs(600),
             analysis: None,
+            webhooks: Vec::new(),
             scaling: Default::default(),
             notifications: Vec::new(),
         };

@@ -8,6 +8,7 @@ use jiff::Timestamp;
 
 use crate::analysis::check::Check;
 use crate::gates::commands::Command;
+use crate::gates::webhook::{GateStatus, HookAnswer, HookCall};
 use crate::policy::types::{
     AnalysisStatus, CanaryStatus, Condition, Phase, RolloutPolicySpec, RolloutPolicyStatus, Transition, VersionRef,
 };
@@ -16,6 +17,7 @@ use crate::policy::validate::validate_spec;
 mod analysis;
 mod capacity;
 mod commands;
+mod hooks;
 mod schedule;
 
 pub use capacity::{ScaleObserved, VersionScale};
@@ -86,6 +88,8 @@ pub struct Observed {
     /// While a promotion's scale-down is pending: the routes of any VirtualService on the Service's
     /// host that still send the old stable's subset traffic ("VirtualService ns/name http[0] (100%)").
     pub old_stable_routes: Vec<String>,
+    /// The newest answer of each webhook (see `HookAnswer::binding`).
+    pub hooks: Vec<HookAnswer>,
 }
 
 impl Observed {
@@ -144,6 +148,10 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// When to look again even if nothing changes.
     pub requeue: Option<Duration>,
+    /// The webhooks to keep asking (replaces what was wanted before).
+    pub hooks: Vec<HookCall>,
+    /// Fire-and-forget calls (event, post-rollout), in order, once the status is written.
+    pub fire: Vec<HookCall>,
 }
 
 /// Decide the next step of the rollout.
@@ -157,12 +165,18 @@ pub fn plan(spec: &RolloutPolicySpec, current: &RolloutPolicyStatus, obs: &Obser
         requeue: None,
         input_scaling: current.scaling.is_some(),
         halted_now: false,
+        prior_gate: None,
+        wanted_hooks: Vec::new(),
+        fire: Vec::new(),
     };
     p.run();
+    let hooks = p.wanted_calls();
     Plan {
         status: p.st,
         actions: p.actions,
         requeue: p.requeue,
+        hooks,
+        fire: p.fire,
     }
 }
 
@@ -189,6 +203,9 @@ pub fn cleanup_observed(
         requeue: None,
         input_scaling: current.scaling.is_some(),
         halted_now: false,
+        prior_gate: None,
+        wanted_hooks: Vec::new(),
+        fire: Vec::new(),
     };
     let stable = current.stable.clone().unwrap_or_else(|| spec.stable.clone());
     // A rollback recorded as RollingBack may not have moved the weights yet.
@@ -210,6 +227,10 @@ struct Planner<'a> {
     input_scaling: bool,
     /// A rollback or abort was decided in this reconcile: it ends with the record, no traffic moves.
     halted_now: bool,
+    /// `status.gate` as this reconcile found it (to keep its `since`).
+    prior_gate: Option<GateStatus>,
+    wanted_hooks: Vec<hooks::Wanted>,
+    fire: Vec<HookCall>,
 }
 
 /// Whether the step walk goes on in this reconcile.
@@ -226,6 +247,7 @@ impl Planner<'_> {
     fn run(&mut self) {
         self.st.observed_generation = self.obs.generation;
         self.st.schedule = None; // set again by a schedule hold in this pass
+        self.prior_gate = self.st.gate.take();
         let stable = self.st.stable.clone().unwrap_or_else(|| self.spec.stable.clone());
         self.st.stable = Some(stable.clone());
         if let Some(err) = &self.obs.command_error {
@@ -274,7 +296,7 @@ impl Planner<'_> {
             );
         }
         self.fold_check();
-        if self.judge_analysis(&stable, &desired) {
+        if self.judge_analysis(&stable, &desired) || self.watch_hooks() {
             return;
         }
         if self.st.paused && promote.is_none() {
@@ -548,6 +570,9 @@ impl Planner<'_> {
             && !self.st.promote_full
             && self.waits_for_analysis(canary, weight)
         {
+            return Flow::Stop;
+        }
+        if weight > self.st.canary_weight && self.waits_for_hooks(canary, weight) {
             return Flow::Stop;
         }
         if self.record_scaling() {
@@ -987,6 +1012,7 @@ impl Planner<'_> {
             _ => EventType::Normal,
         };
         self.event(type_, reason, message);
+        self.fire_hooks(phase);
     }
 
     fn set_condition(&mut self, type_: &str, status: bool, reason: &str, message: &str) {

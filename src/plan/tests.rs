@@ -53,6 +53,7 @@ fn spec() -> RolloutPolicySpec {
         schedule: None,
         progress_deadline: Duration::from_secs(60),
         analysis: None,
+        webhooks: Vec::new(),
         scaling: Default::default(),
         notifications: Vec::new(),
     }
@@ -1577,3 +1578,6 @@ mod trust {
         }
     }
 }
+
+#[path = "hooks_tests.rs"]
+mod hooks;

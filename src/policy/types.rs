@@ -53,6 +53,10 @@ pub struct RolloutPolicySpec {
     /// Judge the canary from Prometheus at every interval; roll back on an SLO breach.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<Analysis>,
+    /// Webhook gates with Flagger's semantics (confirm-rollout, pre-rollout, rollout, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub webhooks: Vec<crate::gates::webhook::Webhook>,
     /// How each version's capacity follows the traffic it is about to get. On by default.
     #[serde(default)]
     pub scaling: Scaling,
@@ -282,6 +286,9 @@ pub struct RolloutPolicyStatus {
     pub history: Vec<Transition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisStatus>,
+    /// The webhook gate the rollout waits at, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<crate::gates::webhook::GateStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<ScalingStatus>,
     /// Present while `spec.schedule` holds the rollout: why, and when traffic may rise again.

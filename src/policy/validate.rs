@@ -129,6 +129,7 @@ pub fn validate_spec(spec: &RolloutPolicySpec) -> Vec<FieldError> {
     if let Some(schedule) = &spec.schedule {
         errors.extend(crate::gates::schedule::validate(schedule));
     }
+    errors.extend(crate::gates::webhook::validate(&spec.webhooks));
     errors
 }
 
@@ -396,6 +397,7 @@ mod tests {
             schedule: None,
             progress_deadline: Duration::from_secs(60),
             analysis: None,
+            webhooks: Vec::new(),
             scaling: Default::default(),
             notifications: Vec::new(),
         }

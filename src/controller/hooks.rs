@@ -1,0 +1,90 @@
+//! What the controller adds to the planner's webhook calls: the policy's name and namespace, the
+//! versions' `version` labels, and bearer tokens, which the pure planner does not know. A token
+//! comes only from a Secret in the daemon's own namespace, and only for URLs the platform listed
+//! on that Secret (`canaryd.io/webhook-urls`): a policy author cannot send it anywhere else.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+
+use crate::gates::webhook::{ALLOWED_URLS_ANNOTATION, Bearer, Credential, HookCall, PayloadVersion, url_allowed};
+use crate::plan::Plan;
+use crate::policy::types::{RolloutPolicy, SecretKeyRef};
+
+/// The plan's wanted and fire-and-forget calls, addressed to this policy.
+pub async fn addressed(
+    client: &Client,
+    secrets_namespace: &str,
+    policy: &RolloutPolicy,
+    versions: &BTreeMap<String, String>,
+    plan: &mut Plan,
+) -> (Vec<HookCall>, Vec<HookCall>) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), secrets_namespace);
+    let mut read: BTreeMap<String, Result<Secret, String>> = BTreeMap::new();
+    let mut out = (Vec::new(), Vec::new());
+    for (call, fire) in std::mem::take(&mut plan.hooks)
+        .into_iter()
+        .map(|c| (c, false))
+        .chain(std::mem::take(&mut plan.fire).into_iter().map(|c| (c, true)))
+    {
+        let mut call = fill(policy, versions, call);
+        if let Some(r) = call.hook.bearer_token_secret.clone() {
+            if !read.contains_key(&r.name) {
+                let got = secrets.get(&r.name).await.map_err(|e| e.to_string());
+                read.insert(r.name.clone(), got);
+            }
+            call.credential = match read.get(&r.name) {
+                Some(Ok(secret)) => credential(secret, &r, &call.hook.url, secrets_namespace),
+                Some(Err(e)) => Credential::Refused(format!("bearer token Secret {}: {e}", r.name)),
+                None => Credential::None,
+            };
+        }
+        if fire { &mut out.1 } else { &mut out.0 }.push(call);
+    }
+    out
+}
+
+fn fill(policy: &RolloutPolicy, versions: &BTreeMap<String, String>, mut call: HookCall) -> HookCall {
+    call.payload.name = policy.name_any();
+    call.payload.namespace = policy.namespace().unwrap_or_default();
+    let label = |v: &mut PayloadVersion| {
+        if let Some(version) = versions.get(&v.deployment) {
+            v.version = version.clone();
+        }
+    };
+    label(&mut call.payload.stable);
+    if let Some(c) = call.payload.canary.as_mut() {
+        label(c);
+    }
+    call
+}
+
+/// The token, if the Secret allows this URL and has the key.
+fn credential(secret: &Secret, r: &SecretKeyRef, url: &str, ns: &str) -> Credential {
+    let refused = |why: &str| Credential::Refused(format!("bearer token Secret {ns}/{}: {why}", r.name));
+    let allowed = secret.annotations().get(ALLOWED_URLS_ANNOTATION);
+    if !allowed.is_some_and(|a| url_allowed(a, url)) {
+        return refused(&format!(
+            "its {ALLOWED_URLS_ANNOTATION} annotation does not allow this URL"
+        ));
+    }
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .map(|s| s.clone().into_bytes())
+        });
+    match value.map(String::from_utf8) {
+        Some(Ok(token)) => Credential::Bearer(Bearer(token.trim().to_string())),
+        Some(Err(_)) => refused(&format!("key {:?} is not UTF-8", r.key)),
+        None => refused(&format!("no key {:?}", r.key)),
+    }
+}

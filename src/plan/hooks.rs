@@ -1,0 +1,223 @@
+//! Webhook gates in the planner: which hooks the current state wants asked, and what their newest
+//! answers (observed, bound to this rollout's step) mean. No HTTP here: the runner makes the calls.
+
+use super::Planner;
+use crate::gates::webhook::{Credential, GateStatus, HookAnswer, HookCall, HookType, Payload, PayloadVersion, Webhook};
+use crate::policy::types::{Phase, RolloutPolicyStatus, VersionRef};
+
+pub(super) const WAITING_FOR_WEBHOOK: &str = "WaitingForWebhook";
+pub(super) const WEBHOOK_ROLLBACK: &str = "WebhookRollback";
+pub(super) const WEBHOOK_FAILED: &str = "WebhookFailed";
+
+/// A hook the planner wants asked: the hook, the binding its answer must have, whether to repeat.
+pub(super) type Wanted = (Webhook, String, bool);
+
+impl Planner<'_> {
+    fn hooks_of(&self, type_: HookType) -> Vec<Webhook> {
+        self.spec
+            .webhooks
+            .iter()
+            .filter(|h| h.type_ == type_)
+            .cloned()
+            .collect()
+    }
+
+    /// What an answer must be for to count now: this canary template, this step, this step's start
+    /// (a retry or a new template starts over, so an old answer never passes a new gate).
+    fn binding(&self) -> String {
+        binding(&self.st)
+    }
+
+    fn answer(&self, hook: &Webhook, binding: &str) -> Option<&HookAnswer> {
+        self.obs
+            .hooks
+            .iter()
+            .find(|a| a.hook == hook.name && a.binding == binding)
+    }
+
+    fn want(&mut self, hook: &Webhook, binding: &str, repeat: bool) {
+        self.wanted_hooks.push((hook.clone(), binding.to_string(), repeat));
+    }
+
+    /// While a rollout is in progress: rollback hooks are asked every interval (a 2xx rolls back),
+    /// and rollout hooks while the canary has traffic (more than `retries` failures in a row roll
+    /// back). True when a rollback was decided.
+    pub(super) fn watch_hooks(&mut self) -> bool {
+        let binding = self.binding();
+        for hook in self.hooks_of(HookType::Rollback) {
+            self.want(&hook, &binding, true);
+            if let Some(a) = self.answer(&hook, &binding).filter(|a| a.ok) {
+                let cause = format!("rollback webhook {} answered {}", hook.name, a.detail);
+                self.halt(Phase::RolledBack, WEBHOOK_ROLLBACK, cause);
+                return true;
+            }
+        }
+        if self.st.canary_weight == 0 {
+            return false;
+        }
+        for hook in self.hooks_of(HookType::Rollout) {
+            self.want(&hook, &binding, true);
+            if let Some(a) = self.answer(&hook, &binding).filter(|a| a.failures > hook.retries) {
+                let cause = failed(&hook, a);
+                self.halt(Phase::RolledBack, WEBHOOK_FAILED, cause);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Before raising the canary to `weight`, the gates in Flagger's order: confirm-rollout and
+    /// pre-rollout before the first traffic (and before any scale-up), the rollout hooks' newest
+    /// answer at this weight, confirm-traffic-increase, and confirm-promotion before 100 %. A hook
+    /// type is asked only once every hook of the types before it said yes. True when it waits (or
+    /// a pre-rollout hook failed too often and the rollout is rolled back).
+    pub(super) fn waits_for_hooks(&mut self, canary: &VersionRef, weight: u8) -> bool {
+        if self.spec.webhooks.is_empty() {
+            return false;
+        }
+        let mut types = Vec::new();
+        if self.st.canary_weight == 0 {
+            types.extend([HookType::ConfirmRollout, HookType::PreRollout]);
+        } else {
+            types.push(HookType::Rollout);
+        }
+        types.push(HookType::ConfirmTrafficIncrease);
+        if weight == 100 {
+            types.push(HookType::ConfirmPromotion);
+        }
+        let binding = self.binding();
+        for type_ in types {
+            let mut waiting: Option<(Webhook, Option<HookAnswer>)> = None;
+            for hook in self.hooks_of(type_) {
+                if type_ != HookType::Rollout {
+                    self.want(&hook, &binding, false);
+                }
+                let answer = self.answer(&hook, &binding).cloned();
+                match answer {
+                    Some(a) if a.ok => {}
+                    Some(a) if type_ == HookType::PreRollout && a.failures > hook.retries => {
+                        self.halt(Phase::RolledBack, WEBHOOK_FAILED, failed(&hook, &a));
+                        return true;
+                    }
+                    a => {
+                        if waiting.is_none() {
+                            waiting = Some((hook, a));
+                        }
+                    }
+                }
+            }
+            if let Some((hook, answer)) = waiting {
+                self.wait_for_hook(canary, &hook, answer.as_ref(), weight);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn wait_for_hook(&mut self, canary: &VersionRef, hook: &Webhook, answer: Option<&HookAnswer>, weight: u8) {
+        let last_answer = answer.map(|a| match a.failures {
+            0 => a.detail.clone(),
+            n => format!("{} ({n} failed in a row)", a.detail),
+        });
+        let since = match &self.prior_gate {
+            Some(g) if g.hook == hook.name && g.step == self.st.step => g.since,
+            _ => self.now,
+        };
+        self.st.gate = Some(GateStatus {
+            hook: hook.name.clone(),
+            type_: hook.type_,
+            step: self.st.step,
+            since,
+            last_answer,
+        });
+        self.st.pending_approval = None;
+        self.transition(
+            Phase::Progressing,
+            WAITING_FOR_WEBHOOK,
+            format!(
+                "canary {} at {}%: waiting for {} webhook {} before {weight}%",
+                canary.subset, self.st.canary_weight, hook.type_, hook.name
+            ),
+        );
+        self.requeue = Some(hook.interval);
+    }
+
+    /// `event` hooks on every transition; `post-rollout` hooks when a rollout ends.
+    pub(super) fn fire_hooks(&mut self, phase: Phase) {
+        let end = matches!(phase, Phase::Succeeded | Phase::RolledBack | Phase::Aborted);
+        let binding = format!("{}/{}", self.binding(), self.st.history.len());
+        for hook in &self.spec.webhooks {
+            if hook.type_ == HookType::Event || (end && hook.type_ == HookType::PostRollout) {
+                let payload = self.payload(hook);
+                self.fire.push(HookCall {
+                    hook: hook.clone(),
+                    binding: binding.clone(),
+                    repeat: false,
+                    payload,
+                    credential: Credential::None,
+                });
+            }
+        }
+    }
+
+    /// The payload from the status as it stands (name, namespace and versions are the
+    /// controller's to fill in).
+    pub(super) fn payload(&self, hook: &Webhook) -> Payload {
+        let stable = self.st.stable.clone().unwrap_or_else(|| self.spec.stable.clone());
+        Payload {
+            hook: hook.name.clone(),
+            type_: hook.type_.as_str().into(),
+            phase: self.st.phase.as_str().into(),
+            step: self.st.step,
+            stable_weight: self.st.stable_weight,
+            canary_weight: self.st.canary_weight,
+            stable: PayloadVersion {
+                subset: stable.subset,
+                deployment: stable.deployment,
+                ..Default::default()
+            },
+            canary: self.st.canary.as_ref().map(|c| PayloadVersion {
+                subset: c.subset.clone(),
+                deployment: c.deployment.clone(),
+                template_hash: c.template_hash.clone(),
+                ..Default::default()
+            }),
+            reason: self.st.history.last().map(|t| t.reason.clone()).unwrap_or_default(),
+            message: self.st.message.clone().unwrap_or_default(),
+            timestamp: self.now.to_string(),
+            metadata: hook.metadata.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// The wanted hooks as calls, with the payload of the status this reconcile ends with.
+    pub(super) fn wanted_calls(&self) -> Vec<HookCall> {
+        if self.halted_now {
+            return Vec::new();
+        }
+        self.wanted_hooks
+            .iter()
+            .map(|(hook, binding, repeat)| HookCall {
+                hook: hook.clone(),
+                binding: binding.clone(),
+                repeat: *repeat,
+                payload: self.payload(hook),
+                credential: Credential::None,
+            })
+            .collect()
+    }
+}
+
+pub(super) fn binding(st: &RolloutPolicyStatus) -> String {
+    let hash = st.canary.as_ref().map(|c| c.template_hash.as_str()).unwrap_or_default();
+    let step = st.step.map(|s| s.to_string()).unwrap_or_default();
+    let started = st.step_started_at.map(|t| t.to_string()).unwrap_or_default();
+    format!("{hash}/{step}/{started}")
+}
+
+fn failed(hook: &Webhook, a: &HookAnswer) -> String {
+    format!(
+        "{} webhook {} failed {} time(s) in a row (retries {}): {}",
+        hook.type_, hook.name, a.failures, hook.retries, a.detail
+    )
+}

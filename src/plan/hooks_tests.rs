@@ -1,0 +1,296 @@
+//! Table tests of the webhook gates: the planner reads answers (bound to the step) and says which
+//! hooks it wants asked; what each hook type's answer does to the rollout.
+
+use super::analysis::analysis;
+use super::*;
+use crate::analysis::check::Check;
+use crate::gates::webhook::{HookAnswer, HookType, Webhook};
+use crate::policy::types::{MetricResult, ProviderErrorAction, Verdict};
+
+fn hook(name: &str, type_: HookType, retries: u32) -> Webhook {
+    Webhook {
+        name: name.into(),
+        type_,
+        url: format!("http://{name}.test/"),
+        timeout: Duration::from_secs(10),
+        retries,
+        interval: Duration::from_secs(5),
+        metadata: [("cmd".to_string(), "smoke".to_string())].into(),
+        bearer_token_secret: None,
+    }
+}
+
+fn with(hooks: Vec<Webhook>, steps: Vec<Step>) -> Sim {
+    let mut sim = Sim::new();
+    sim.spec.steps = steps;
+    sim.spec.webhooks = hooks;
+    sim
+}
+
+impl Sim {
+    /// `name` answers for the gate the rollout is at now.
+    fn answer(&mut self, name: &str, ok: bool, failures: u32) {
+        let binding = super::super::hooks::binding(&self.status);
+        self.answer_for(name, ok, failures, &binding);
+    }
+
+    fn answer_for(&mut self, name: &str, ok: bool, failures: u32, binding: &str) {
+        self.obs.hooks.retain(|a| a.hook != name);
+        self.obs.hooks.push(HookAnswer {
+            hook: name.into(),
+            binding: binding.into(),
+            ok,
+            detail: if ok { "HTTP 200".into() } else { "HTTP 503".into() },
+            failures,
+            at: self.now,
+        });
+    }
+
+    fn gate(&self) -> Option<(String, Timestamp, Option<String>)> {
+        self.status
+            .gate
+            .as_ref()
+            .map(|g| (g.hook.clone(), g.since, g.last_answer.clone()))
+    }
+
+    fn check(&mut self, verdict: Verdict) {
+        self.advance(1);
+        self.obs.analysis = Some(Check {
+            at: self.now,
+            window_start: self.now,
+            results: vec![MetricResult {
+                name: "success-rate".into(),
+                verdict,
+                value: Some(if verdict == Verdict::Fail { 90.0 } else { 100.0 }),
+                stable_value: None,
+                threshold: ">= 99".into(),
+                window: "1s".into(),
+                message: format!("success-rate {verdict:?}"),
+                at: self.now,
+            }],
+        });
+    }
+}
+
+fn wanted(p: &Plan) -> Vec<(String, bool)> {
+    p.hooks.iter().map(|c| (c.hook.name.clone(), c.repeat)).collect()
+}
+
+#[test]
+fn confirm_rollout_waits_for_a_yes_for_this_rollout_before_any_traffic() {
+    let mut sim = with(
+        vec![hook("gate", HookType::ConfirmRollout, 0)],
+        vec![w(10), pause(None), w(100)],
+    );
+    let p = sim.settle();
+    assert_eq!(sim.canary_weight(), 0);
+    assert_eq!(reason(&sim.status), "WaitingForWebhook");
+    assert_eq!(wanted(&p), vec![("gate".to_string(), false)]);
+    assert_eq!(
+        p.hooks[0].payload.metadata.get("cmd").map(String::as_str),
+        Some("smoke")
+    );
+    assert_eq!(sim.gate(), Some(("gate".into(), t(0), None)));
+    // No, then time passes: still waiting, since the first reconcile, with the answer shown.
+    sim.answer("gate", false, 3);
+    sim.advance(600);
+    let p = sim.settle();
+    assert!(weight_actions(&p).is_empty());
+    assert_eq!(
+        sim.gate(),
+        Some(("gate".into(), t(0), Some("HTTP 503 (3 failed in a row)".into())))
+    );
+    // A yes for another rollout (an old template) does not count.
+    sim.answer_for("gate", true, 0, "old-hash/0/x");
+    sim.settle();
+    assert_eq!(sim.canary_weight(), 0);
+    sim.answer("gate", true, 0);
+    let p = sim.settle();
+    assert_eq!(sim.canary_weight(), 10);
+    assert_eq!(sim.status.gate, None);
+    assert!(p.hooks.is_empty(), "nothing left to ask: {:?}", wanted(&p));
+}
+
+#[test]
+fn pre_rollout_failures_count_and_one_past_retries_rolls_back_naming_the_hook() {
+    let mut sim = with(vec![hook("smoke", HookType::PreRollout, 1)], vec![w(10), w(100)]);
+    sim.settle();
+    sim.answer("smoke", false, 1);
+    sim.settle();
+    assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::Progressing, 0));
+    sim.answer("smoke", false, 2);
+    let p = sim.step();
+    assert_eq!(sim.status.phase, Phase::RollingBack, "recorded before traffic moves");
+    assert!(weight_actions(&p).is_empty());
+    assert_eq!(reason(&sim.status), "WebhookFailed");
+    assert!(
+        sim.status
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("pre-rollout webhook smoke failed 2")
+    );
+    sim.settle();
+    assert_eq!(sim.status.phase, Phase::RolledBack);
+}
+
+#[test]
+fn a_rollback_yes_rolls_back_in_the_next_reconcile_whatever_the_step() {
+    for steps in [vec![w(10), pause(None), w(100)], vec![w(10), pause(Some(60)), w(100)]] {
+        let mut sim = with(vec![hook("stop", HookType::Rollback, 0)], steps);
+        let p = sim.settle();
+        assert_eq!(sim.canary_weight(), 10);
+        assert_eq!(
+            wanted(&p),
+            vec![("stop".to_string(), true)],
+            "asked while progressing/waiting"
+        );
+        sim.answer("stop", false, 1);
+        sim.settle();
+        assert_eq!(sim.canary_weight(), 10, "a no changes nothing");
+        sim.answer("stop", true, 0);
+        sim.step();
+        assert_eq!(
+            (sim.status.phase, reason(&sim.status)),
+            (Phase::RollingBack, "WebhookRollback".into())
+        );
+        sim.settle();
+        assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::RolledBack, 0));
+        assert!(sim.settle().hooks.is_empty(), "not asked once rolled back");
+    }
+}
+
+#[test]
+fn a_confirm_traffic_increase_no_blocks_neither_an_analysis_rollback_nor_an_abort() {
+    for abort in [false, true] {
+        let mut sim = with(
+            vec![hook("ok", HookType::ConfirmTrafficIncrease, 0)],
+            vec![w(10), w(50), w(100)],
+        );
+        sim.spec.analysis = Some(analysis(1, 10, ProviderErrorAction::Pause));
+        sim.settle();
+        sim.answer("ok", true, 0);
+        sim.settle();
+        assert_eq!(sim.canary_weight(), 10);
+        sim.check(Verdict::Pass);
+        sim.settle();
+        assert_eq!(
+            reason(&sim.status),
+            "WaitingForWebhook",
+            "passing analysis, hook not asked yet"
+        );
+        sim.answer("ok", false, 1);
+        sim.settle();
+        assert_eq!(sim.canary_weight(), 10);
+        if abort {
+            sim.obs.command = cmd("a1", CommandKind::Abort);
+        } else {
+            sim.check(Verdict::Fail);
+        }
+        sim.settle();
+        let want = if abort { Phase::Aborted } else { Phase::RolledBack };
+        assert_eq!((sim.status.phase, sim.canary_weight()), (want, 0));
+    }
+}
+
+#[test]
+fn confirm_promotion_holds_before_100_while_analysis_still_rolls_back() {
+    let mut sim = with(vec![hook("cab", HookType::ConfirmPromotion, 0)], vec![w(10), w(100)]);
+    sim.spec.analysis = Some(analysis(1, 10, ProviderErrorAction::Pause));
+    sim.settle();
+    assert_eq!(
+        sim.canary_weight(),
+        10,
+        "confirm-promotion does not gate the first weights"
+    );
+    sim.check(Verdict::Pass);
+    sim.settle();
+    assert_eq!(
+        (sim.canary_weight(), reason(&sim.status)),
+        (10, "WaitingForWebhook".into())
+    );
+    sim.check(Verdict::Fail);
+    sim.settle();
+    assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::RolledBack, 0));
+
+    // And with a yes it is promoted.
+    let mut sim = with(vec![hook("cab", HookType::ConfirmPromotion, 0)], vec![w(10), w(100)]);
+    sim.settle();
+    sim.answer("cab", true, 0);
+    sim.settle();
+    assert_eq!(sim.status.phase, Phase::Succeeded);
+}
+
+#[test]
+fn rollout_hooks_gate_increases_like_a_check_and_roll_back_past_retries() {
+    let mut sim = with(vec![hook("load", HookType::Rollout, 1)], vec![w(10), w(50), w(100)]);
+    let p = sim.settle();
+    assert_eq!(sim.canary_weight(), 10);
+    assert!(wanted(&p).contains(&("load".to_string(), true)));
+    sim.answer("load", false, 1);
+    sim.settle();
+    assert_eq!(
+        (sim.canary_weight(), reason(&sim.status)),
+        (10, "WaitingForWebhook".into())
+    );
+    sim.answer("load", true, 0);
+    sim.settle();
+    assert_eq!(sim.canary_weight(), 50);
+    sim.answer("load", false, 2);
+    sim.settle();
+    assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::RolledBack, 0));
+    assert!(sim.status.history.iter().any(|t| t.reason == "WebhookFailed"));
+}
+
+#[test]
+fn post_rollout_and_event_hooks_never_change_the_outcome() {
+    let hooks = vec![hook("after", HookType::PostRollout, 0), hook("log", HookType::Event, 0)];
+    let mut sim = with(hooks, vec![w(10), w(100)]);
+    let mut fired = Vec::new();
+    for _ in 0..10 {
+        let p = sim.step();
+        fired.extend(p.fire.iter().map(|c| (c.hook.name.clone(), c.payload.reason.clone())));
+    }
+    assert_eq!(sim.status.phase, Phase::Succeeded);
+    let events: Vec<&str> = fired
+        .iter()
+        .filter(|(h, _)| h == "log")
+        .map(|(_, r)| r.as_str())
+        .collect();
+    let history: Vec<&str> = sim.status.history.iter().map(|t| t.reason.as_str()).collect();
+    assert_eq!(events, history, "every transition, in order");
+    let post: Vec<&str> = fired
+        .iter()
+        .filter(|(h, _)| h == "after")
+        .map(|(_, r)| r.as_str())
+        .collect();
+    assert_eq!(post, vec!["Promoted"]);
+    // Their failures are only logged: the outcome stands.
+    sim.answer("after", false, 5);
+    sim.answer("log", false, 5);
+    let before = sim.status.clone();
+    let p = sim.settle();
+    assert_eq!(sim.status, before);
+    assert!(p.fire.is_empty() && p.hooks.is_empty());
+}
+
+#[test]
+fn post_rollout_is_told_of_an_abort_once() {
+    let mut sim = with(
+        vec![hook("after", HookType::PostRollout, 0)],
+        vec![w(10), pause(None), w(100)],
+    );
+    sim.settle();
+    sim.obs.command = cmd("a1", CommandKind::Abort);
+    let mut fired = Vec::new();
+    for _ in 0..5 {
+        let p = sim.step();
+        fired.extend(p.fire.iter().map(|c| c.payload.phase.clone()));
+    }
+    assert_eq!(sim.status.phase, Phase::Aborted);
+    assert_eq!(fired, vec!["Aborted".to_string()]);
+}
+
+fn reason(st: &RolloutPolicyStatus) -> String {
+    st.history.last().map(|t| t.reason.clone()).unwrap_or_default()
+}
