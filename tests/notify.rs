@@ -107,11 +107,13 @@ fn reasons(p: &RolloutPolicy) -> Vec<String> {
 }
 
 /// Secrets in the daemon's namespace and NotificationTargets named `{prefix}-…`.
-async fn targets(seed: &Seed, prefix: &str, slack_api: &str, teams: &str, hook: &str) -> Result<()> {
+async fn targets(seed: &Seed, prefix: &str, slack_api: &str, teams: &str, hook: &str, slack_hook: &str) -> Result<()> {
     fixture::daemon_kubeconfig().await?; // creates canaryd-system
     let yaml = format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: {prefix}-notify, namespace: canaryd-system}}\n\
-         stringData: {{token: {TOKEN}, wrong: xoxb-wrong, signing: s1gning, teams: '{teams}', hook: '{hook}'}}\n---\n\
+         stringData: {{token: {TOKEN}, wrong: xoxb-wrong, signing: s1gning, teams: '{teams}', hook: '{hook}', slackhook: '{slack_hook}'}}\n---\n\
+         apiVersion: canaryd.io/v1alpha1\nkind: NotificationTarget\nmetadata: {{name: {prefix}-slackhook}}\n\
+         spec: {{slack: {{webhookUrl: {{name: {prefix}-notify, key: slackhook}}}}}}\n---\n\
          apiVersion: canaryd.io/v1alpha1\nkind: NotificationTarget\nmetadata: {{name: {prefix}-slack}}\n\
          spec: {{slack: {{botToken: {{name: {prefix}-notify, key: token}}, channel: C42, apiUrl: '{slack_api}',\n\
            signingSecret: {{name: {prefix}-notify, key: signing}}}}}}\n---\n\
@@ -172,16 +174,25 @@ async fn a_rollout_is_told_to_slack_teams_and_a_webhook_across_a_restart() -> Re
         &format!("{base}/api"),
         &format!("{base}/hook/teams"),
         &format!("{base}/hook/json?token={HOOK_SECRET}"),
+        &format!("{base}/hook/slack?token={HOOK_SECRET}"),
     )
     .await?;
     let mut daemon = start_daemon(&seed.ns).await?;
     let run = async {
         seed.apply(&policy_with(
             &seed,
-            &["ntf-slack", "ntf-teams", "ntf-hook", "ntf-missing", "ntf-badslack"],
+            &[
+                "ntf-slack",
+                "ntf-teams",
+                "ntf-hook",
+                "ntf-missing",
+                "ntf-badslack",
+                "ntf-slackhook",
+            ],
         ))
         .await?;
-        let (waiting, _) = to_approval(&seed).await?;
+        let (waiting, span) = to_approval(&seed).await?;
+        eprintln!("weight steps with working receivers: {span:?}");
         let status = waiting.status.clone().unwrap_or_default();
         let hash = status
             .canary
@@ -196,7 +207,7 @@ async fn a_rollout_is_told_to_slack_teams_and_a_webhook_across_a_restart() -> Re
             let p = seed.policy(POLICY).await?;
             let st = p.status.unwrap_or_default();
             let last = st.history.last().map(|t| t.at);
-            let recorded = ["ntf-slack", "ntf-teams", "ntf-hook"]
+            let recorded = ["ntf-slack", "ntf-teams", "ntf-hook", "ntf-slackhook"]
                 .iter()
                 .all(|t| st.notifications.iter().any(|e| e.target == *t && e.sent_until == last));
             Ok((recorded && stand.calls("hook/json").len() >= n).then_some(()))
@@ -287,6 +298,18 @@ async fn a_rollout_is_told_to_slack_teams_and_a_webhook_across_a_restart() -> Re
             format!("no weight bar: {last}"),
         )?;
 
+        // A Slack incoming webhook: a new message per transition, without buttons.
+        let plain = stand.calls("hook/slack");
+        ensure(
+            plain.len() == n
+                && plain.iter().all(|b| b["text"].is_string() && b["blocks"].is_array())
+                && !plain.iter().any(|b| b.to_string().contains("canaryd:")),
+            format!(
+                "Slack webhook got {} messages for {n} transitions: {plain:?}",
+                plain.len()
+            ),
+        )?;
+
         // A target that does not exist is named, and the rollout went on regardless.
         let missing = seed.events(POLICY, "NotificationTargetNotFound").await?.join(" | ");
         ensure(
@@ -375,6 +398,7 @@ async fn a_down_or_slow_receiver_does_not_slow_the_rollout() -> Result<()> {
         &format!("{base}/api"),
         &format!("{base}/hook/teams"),
         &closed,
+        &closed,
     )
     .await?;
     let daemon = start_daemon(&seed.ns).await?;
@@ -382,6 +406,7 @@ async fn a_down_or_slow_receiver_does_not_slow_the_rollout() -> Result<()> {
         seed.apply(&policy_with(&seed, &["ntfslow-slack", "ntfslow-teams", "ntfslow-hook"]))
             .await?;
         let (_, span) = to_approval(&seed).await?;
+        eprintln!("weight steps with a closed and a slow receiver: {span:?}");
         // 10 %, a 2 s pause, 50 %: a notifier in the reconcile's way would add its 5 s timeout to
         // each of the four transitions.
         ensure(span < Duration::from_secs(6), format!("the weight steps took {span:?}"))?;
