@@ -115,6 +115,10 @@ fn validate_names_one_error_per_broken_file() {
         ("last-step-not-100.yaml", "the last weight step must be 100"),
         ("typo-field.yaml", "spec.steps[0].weigth: unknown field `weigth`"),
         (
+            "unknown-event.yaml",
+            "spec.notifications[0].events[1]: unknown event \"RoledBack\"",
+        ),
+        (
             "weight-and-pause.yaml",
             "spec.steps[0]: a step has exactly one of weight or pause",
         ),
