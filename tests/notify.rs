@@ -360,6 +360,21 @@ async fn a_rollout_is_told_to_slack_teams_and_a_webhook_across_a_restart() -> Re
             updates.len() == n - 1 && updates.iter().all(|u| u["ts"] == "1700000000.000000"),
             format!("{} updates for {n} transitions: {updates:?}", updates.len()),
         )?;
+        // The thread tells the history after the first transition, in order.
+        let thread: Vec<String> = stand
+            .calls("chat.postMessage")
+            .iter()
+            .filter(|b| b["thread_ts"] == "1700000000.000000")
+            .map(|b| b["text"].as_str().unwrap_or("").to_string())
+            .collect();
+        ensure(
+            thread.len() == n - 1
+                && thread
+                    .iter()
+                    .zip(&want[1..])
+                    .all(|(text, r)| text.contains(&format!("({r})"))),
+            format!("thread {thread:?}, history {want:?}"),
+        )?;
         let last = updates.last().cloned().unwrap_or_default();
         ensure(
             last["text"].as_str().unwrap_or("").contains("Succeeded")

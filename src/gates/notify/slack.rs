@@ -123,7 +123,14 @@ impl Bot<'_> {
             }
             Some(msg) => {
                 let update = json!({"channel": msg.channel, "ts": msg.ts, "text": text, "blocks": blocks});
-                self.call(http, "chat.update", &update).await?;
+                match self.call(http, "chat.update", &update).await {
+                    Ok(_) => {}
+                    // Someone deleted the rollout's message: start a new one rather than retry forever.
+                    Err(NotifyError::Slack(e)) if e.ends_with("message_not_found") => {
+                        return Box::pin(self.send(http, m, None)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
                 let reply = json!({"channel": msg.channel, "thread_ts": msg.ts,
                     "text": format!("{} ({}): {}", m.phase, m.reason, m.text)});
                 self.call(http, "chat.postMessage", &reply).await?;
