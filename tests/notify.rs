@@ -403,6 +403,7 @@ async fn a_rollout_is_told_to_slack_teams_and_a_webhook_across_a_restart() -> Re
 async fn a_down_or_slow_receiver_does_not_slow_the_rollout() -> Result<()> {
     let seed = seed("ntfslow").await?;
     let (_slow, base) = Stand::start(Duration::from_secs(30)).await?;
+    let (fast, fast_base) = Stand::start(Duration::ZERO).await?;
     let closed = format!(
         "http://127.0.0.1:{}/hook/json?token={HOOK_SECRET}",
         support::free_port()?
@@ -413,18 +414,27 @@ async fn a_down_or_slow_receiver_does_not_slow_the_rollout() -> Result<()> {
         &format!("{base}/api"),
         &format!("{base}/hook/teams"),
         &closed,
-        &closed,
+        &format!("{fast_base}/hook/slack"),
     )
     .await?;
     let daemon = start_daemon(&seed.ns).await?;
     let run = async {
-        seed.apply(&policy_with(&seed, &["ntfslow-slack", "ntfslow-teams", "ntfslow-hook"]))
-            .await?;
-        let (_, span) = to_approval(&seed).await?;
+        seed.apply(&policy_with(
+            &seed,
+            &["ntfslow-slack", "ntfslow-teams", "ntfslow-hook", "ntfslow-slackhook"],
+        ))
+        .await?;
+        let (waiting, span) = to_approval(&seed).await?;
         eprintln!("weight steps with a closed and a slow receiver: {span:?}");
         // 10 %, a 2 s pause, 50 %: a notifier in the reconcile's way would add its 5 s timeout to
         // each of the four transitions.
         ensure(span < Duration::from_secs(6), format!("the weight steps took {span:?}"))?;
+        // Nor does it hold up a working target of the same policy.
+        let n = reasons(&waiting).len();
+        support::wait_until("the working target told", Duration::from_secs(4), async || {
+            Ok((fast.calls("hook/slack").len() >= n).then_some(()))
+        })
+        .await?;
         let operator = operator_kubeconfig(&seed).await?;
         let promoted = Instant::now();
         let (ok, out) = cli(&operator, &["promote", POLICY, "-n", &seed.ns]).await?;

@@ -358,15 +358,19 @@ async fn secret_value(secrets: &Api<KubeSecret>, r: &SecretKeyRef) -> Result<Sec
 }
 
 type PolicyKey = (String, String);
+/// (namespace, policy, target).
 type TargetKey = (String, String, String);
 
 #[derive(Default)]
 struct State {
-    in_flight: HashSet<PolicyKey>,
+    /// One task per policy and target at a time; a slow target holds up no other.
+    in_flight: HashSet<TargetKey>,
     /// Failures in a row and when to try again, per policy and target.
     backoff: HashMap<TargetKey, (u32, Instant)>,
-    /// Problems already reported (an Event each), per policy: once per daemon run.
-    reported: HashSet<(String, String, String)>,
+    /// Problems already reported (an Event each), per policy and target: once per daemon run.
+    reported: HashSet<TargetKey>,
+    /// Writes of one policy's `status.notifications`, one at a time.
+    writes: HashMap<PolicyKey, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// What the notifier needs from the daemon.
@@ -425,52 +429,55 @@ impl Notifier {
                 let Ok(policy) = crate::controller::decode(&obj) else {
                     continue;
                 };
-                if !self.has_work(&policy) {
-                    continue;
-                }
-                let key = (policy.namespace().unwrap_or_default(), policy.name_any());
-                if !self.state().in_flight.insert(key.clone()) {
-                    continue;
-                }
-                let this = self.clone();
-                tokio::spawn(async move {
-                    if let Ok(_permit) = this.permits.acquire().await {
-                        this.handle(&key).await;
+                let ns = policy.namespace().unwrap_or_default();
+                let name = policy.name_any();
+                let mut seen = HashSet::new();
+                for n in &policy.spec.notifications {
+                    if !seen.insert(n.target.as_str()) || !self.has_work(&policy, n) {
+                        continue;
                     }
-                    this.state().in_flight.remove(&key);
-                });
+                    let key = (ns.clone(), name.clone(), n.target.clone());
+                    if !self.state().in_flight.insert(key.clone()) {
+                        continue;
+                    }
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        if let Ok(_permit) = this.permits.acquire().await {
+                            this.handle(&key).await;
+                        }
+                        this.state().in_flight.remove(&key);
+                    });
+                }
             }
         }
     }
 
-    /// A target that is due has a transition to send, or a problem not yet reported.
-    fn has_work(&self, policy: &RolloutPolicy) -> bool {
-        let ns = policy.namespace().unwrap_or_default();
-        let name = policy.name_any();
+    /// The target is due and has a transition to send, or a problem not yet reported.
+    fn has_work(&self, policy: &RolloutPolicy, n: &Notification) -> bool {
+        let key = (
+            policy.namespace().unwrap_or_default(),
+            policy.name_any(),
+            n.target.clone(),
+        );
         let status = policy.status.clone().unwrap_or_default();
-        let now = Instant::now();
         let state = self.state();
-        policy.spec.notifications.iter().any(|n| {
-            let due = state
-                .backoff
-                .get(&(ns.clone(), name.clone(), n.target.clone()))
-                .is_none_or(|(_, at)| *at <= now);
-            let entry = status.notifications.iter().find(|e| e.target == n.target);
-            let unreported = !state.reported.contains(&(ns.clone(), name.clone(), n.target.clone()))
-                && (self.target(&n.target).is_none() || n.events.iter().any(|e| !known_event(e)));
-            unreported || (due && !pending(&status.history, entry).is_empty())
-        })
+        let due = state.backoff.get(&key).is_none_or(|(_, at)| *at <= Instant::now());
+        let entry = status.notifications.iter().find(|e| e.target == n.target);
+        let unreported = !state.reported.contains(&key)
+            && (self.target(&n.target).is_none() || n.events.iter().any(|e| !known_event(e)));
+        unreported || (due && !pending(&status.history, entry).is_empty())
     }
 
     fn target(&self, name: &str) -> Option<Arc<NotificationTarget>> {
         self.targets.get(&ObjectRef::new(name))
     }
 
-    /// Send what one policy's targets miss, reading the policy fresh (the cache may not show our
-    /// own last write yet, and a repeat is what this must avoid).
-    async fn handle(&self, (ns, name): &PolicyKey) {
+    /// Send what one target of one policy misses, reading the policy fresh (the cache may not show
+    /// our own last write yet, and a repeat is what this must avoid).
+    async fn handle(&self, key: &TargetKey) {
+        let (ns, name, target) = key;
         let api: Api<RolloutPolicy> = Api::namespaced(self.client.clone(), ns);
-        let mut policy = match api.get_opt(name).await {
+        let policy = match api.get_opt(name).await {
             Ok(Some(p)) => p,
             Ok(None) => return,
             Err(e) => {
@@ -478,17 +485,17 @@ impl Notifier {
                 return;
             }
         };
-        let mut seen = HashSet::new();
-        for (i, n) in policy.spec.notifications.clone().iter().enumerate() {
-            if !seen.insert(n.target.clone()) {
-                continue;
-            }
-            if let Err(e) = self.notify_target(&api, &mut policy, i, n).await {
-                match e {
-                    Stop::NotLeader => return,
-                    Stop::Failed(e) => self.failed(ns, name, &n.target, &e),
-                }
-            }
+        let Some((i, n)) = policy
+            .spec
+            .notifications
+            .iter()
+            .enumerate()
+            .find(|(_, n)| n.target == *target)
+        else {
+            return;
+        };
+        if let Err(Stop::Failed(e)) = self.notify_target(&api, &policy, i, n).await {
+            self.failed(key, &e);
         }
     }
 
@@ -496,30 +503,29 @@ impl Notifier {
     async fn notify_target(
         &self,
         api: &Api<RolloutPolicy>,
-        policy: &mut RolloutPolicy,
+        policy: &RolloutPolicy,
         i: usize,
         n: &Notification,
     ) -> Result<(), Stop> {
         let ns = policy.namespace().unwrap_or_default();
         let name = policy.name_any();
+        let key = (ns.clone(), name.clone(), n.target.clone());
         let Some(target) = self.target(&n.target) else {
             let message = format!(
                 "spec.notifications[{i}].target: NotificationTarget {:?} not found; the rollout goes on without it",
                 n.target
             );
-            self.report(policy, &n.target, "NotificationTargetNotFound", message)
-                .await;
+            self.report(policy, &key, "NotificationTargetNotFound", message).await;
             return Ok(());
         };
         if let Some(e) = n.events.iter().find(|e| !known_event(e)) {
             let message = format!("spec.notifications[{i}].events: unknown event {e:?}; it matches no transition");
-            self.report(policy, &n.target, "NotificationEventUnknown", message)
-                .await;
+            self.report(policy, &key, "NotificationEventUnknown", message).await;
         }
         let due = self
             .state()
             .backoff
-            .get(&(ns.clone(), name.clone(), n.target.clone()))
+            .get(&key)
             .is_none_or(|(_, at)| *at <= Instant::now());
         let status = policy.status.clone().unwrap_or_default();
         let entry = status.notifications.iter().find(|e| e.target == n.target);
@@ -552,7 +558,7 @@ impl Notifier {
                     .map_err(Stop::Failed)?;
                 info!(policy = %name, namespace = %ns, target = %n.target, reason = %t.reason, "notification sent");
                 advance(&mut entry, &status.history, j);
-                self.record(api, policy, &entry).await?;
+                self.record(api, &name, &entry).await?;
                 unwritten = false;
             } else {
                 advance(&mut entry, &status.history, j);
@@ -560,62 +566,57 @@ impl Notifier {
             }
         }
         if unwritten {
-            self.record(api, policy, &entry).await?;
+            self.record(api, &name, &entry).await?;
         }
-        self.state().backoff.remove(&(ns, name, n.target.clone()));
+        self.state().backoff.remove(&key);
         Ok(())
     }
 
     /// Write one target's progress into `status.notifications` (only the notifier writes it; the
-    /// planner carries it over), and into `policy` for the next target.
-    async fn record(
-        &self,
-        api: &Api<RolloutPolicy>,
-        policy: &mut RolloutPolicy,
-        entry: &NotificationStatus,
-    ) -> Result<(), Stop> {
+    /// planner carries it over). Other targets of the policy write too: one at a time, each into
+    /// the list as it is now.
+    async fn record(&self, api: &Api<RolloutPolicy>, name: &str, entry: &NotificationStatus) -> Result<(), Stop> {
+        let ns = api.namespace().unwrap_or_default().to_string();
+        let lock = self.state().writes.entry((ns, name.to_string())).or_default().clone();
+        let _one_at_a_time = lock.lock().await;
+        let failed = |e| Stop::Failed(NotifyError::Kube(e));
+        let Some(policy) = api.get_opt(name).await.map_err(failed)? else {
+            return Ok(());
+        };
         if !self.leader.may_write() {
             return Err(Stop::NotLeader);
         }
-        let status = policy.status.get_or_insert_with(Default::default);
-        match status.notifications.iter_mut().find(|e| e.target == entry.target) {
+        let mut list = policy.status.map(|s| s.notifications).unwrap_or_default();
+        match list.iter_mut().find(|e| e.target == entry.target) {
             Some(e) => *e = entry.clone(),
-            None => status.notifications.push(entry.clone()),
+            None => list.push(entry.clone()),
         }
         // Targets no longer named are dropped.
-        let named: HashSet<&str> = policy.spec.notifications.iter().map(|n| n.target.as_str()).collect();
-        status.notifications.retain(|e| named.contains(e.target.as_str()));
-        let patch = json!({"status": {"notifications": status.notifications}});
-        api.patch_status(&policy.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        list.retain(|e| policy.spec.notifications.iter().any(|n| n.target == e.target));
+        let patch = json!({"status": {"notifications": list}});
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(|e| Stop::Failed(NotifyError::Kube(e)))?;
+            .map_err(failed)?;
         Ok(())
     }
 
     /// Back off this target of this policy; say why, naming the target only.
-    fn failed(&self, ns: &str, name: &str, target: &str, e: &NotifyError) {
+    fn failed(&self, key: &TargetKey, e: &NotifyError) {
         let mut state = self.state();
-        let slot = state
-            .backoff
-            .entry((ns.to_string(), name.to_string(), target.to_string()))
-            .or_insert((0, Instant::now()));
+        let slot = state.backoff.entry(key.clone()).or_insert((0, Instant::now()));
         slot.0 = slot.0.saturating_add(1);
         let delay = backoff(slot.0);
         slot.1 = Instant::now() + delay;
+        let (ns, name, target) = key;
         warn!(policy = %name, namespace = %ns, target = %target, error = %e, retry_in = ?delay, "notification failed");
     }
 
     /// A Warning Event on the policy, once per daemon run.
-    async fn report(&self, policy: &RolloutPolicy, target: &str, reason: &str, message: String) {
-        let key = (
-            policy.namespace().unwrap_or_default(),
-            policy.name_any(),
-            target.to_string(),
-        );
-        if !self.state().reported.insert(key) {
+    async fn report(&self, policy: &RolloutPolicy, key: &TargetKey, reason: &str, message: String) {
+        if !self.state().reported.insert(key.clone()) {
             return;
         }
-        warn!(policy = %policy.name_any(), target = %target, "{message}");
+        warn!(policy = %policy.name_any(), target = %key.2, "{message}");
         if !self.leader.may_write() {
             return;
         }
