@@ -127,6 +127,10 @@ fn validate_names_one_error_per_broken_file() {
             "spec.webhooks[0].type: unknown variant `before-rollout`",
         ),
         (
+            "unknown-event.yaml",
+            "spec.notifications[0].events[1]: unknown event \"RoledBack\"",
+        ),
+        (
             "weight-and-pause.yaml",
             "spec.steps[0]: a step has exactly one of weight or pause",
         ),

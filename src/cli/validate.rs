@@ -147,7 +147,11 @@ fn validate_policy(doc: &Value) -> Vec<String> {
             };
             errors.push(format!("{field}: {}", e.inner()));
         }
-        Ok(spec) => errors.extend(validate_spec(&spec).into_iter().map(|e| e.to_string())),
+        Ok(spec) => {
+            errors.extend(validate_spec(&spec).into_iter().map(|e| e.to_string()));
+            // Checked here only: at run time a bad notification entry is reported, never stops a rollout.
+            errors.extend(crate::gates::notify::validate_notifications(&spec));
+        }
     }
     errors
 }
@@ -196,6 +200,14 @@ spec:
             (
                 GOOD.replace("{weight: 10}", "{weight: ten}"),
                 Some("spec.steps[0].weight"),
+            ),
+            (
+                format!("{GOOD}  notifications: [{{target: team, events: [RolledBack, WaitingForApproval]}}]\n"),
+                None,
+            ),
+            (
+                format!("{GOOD}  notifications: [{{target: team, events: [Promoted, RoledBack]}}]\n"),
+                Some("spec.notifications[0].events[1]: unknown event \"RoledBack\""),
             ),
         ];
         let schedule =

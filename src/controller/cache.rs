@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use crate::analysis::engine::Key;
 use crate::error::{Error, Result};
 use crate::gates::commands::RolloutCommand;
+use crate::gates::target::NotificationTarget;
 use crate::http::Health;
 use crate::mesh::istio::{destination_rule_resource, virtual_service_resource};
 use crate::policy::provider::MetricProvider;
@@ -38,6 +39,8 @@ pub struct Caches {
     /// RolloutCommands (of `namespace`, or everywhere) and the cluster's MetricProviders.
     pub commands: Store<RolloutCommand>,
     pub providers: Store<MetricProvider>,
+    /// The cluster's NotificationTargets (read by the notifier).
+    pub targets: Store<NotificationTarget>,
     vs_resource: ApiResource,
     dr_resource: ApiResource,
     /// True once every store had its first list. (A store's own readiness wakes only one waiter.)
@@ -153,6 +156,7 @@ impl Caches {
                 },
             ),
             providers: spawn(Api::all(client.clone()), (), "metricproviders", h()),
+            targets: spawn(Api::all(client.clone()), (), "notificationtargets", h()),
             vs_resource,
             dr_resource,
             synced,
@@ -170,6 +174,7 @@ impl Caches {
             self.virtual_services.wait_until_ready().await?;
             self.commands.wait_until_ready().await?;
             self.providers.wait_until_ready().await?;
+            self.targets.wait_until_ready().await?;
             self.destination_rules.wait_until_ready().await
         };
         tokio::pin!(ready);

@@ -118,7 +118,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         client: client.clone(),
         options: options.clone(),
         caches,
-        recorder: Recorder::new(client, reporter),
+        recorder: Recorder::new(client, reporter.clone()),
         metrics,
         engine,
         hooks,
@@ -128,6 +128,20 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
     });
     let writer = Writer::new(resource.clone());
     let store = writer.as_reader();
+    // Notifications run beside the reconciles, never inside them: a slow receiver cannot hold one.
+    match crate::gates::notify::Notifier::new(
+        ctx.client.clone(),
+        store.clone(),
+        ctx.caches.targets.clone(),
+        options.secrets_namespace.clone(),
+        ctx.leader.clone(),
+        Recorder::new(ctx.client.clone(), reporter),
+    ) {
+        Ok(notifier) => {
+            tokio::spawn(Arc::new(notifier).run());
+        }
+        Err(e) => warn!(error = %e, "notifications are off: no HTTP client"),
+    }
     let watch_health = health.clone();
     let policy_stream = reflector::reflector(
         writer,

@@ -294,6 +294,35 @@ pub struct RolloutPolicyStatus {
     /// Present while `spec.schedule` holds the rollout: why, and when traffic may rise again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<crate::gates::schedule::ScheduleStatus>,
+    /// How far each notification target has been told (written by the notifier, kept by the planner).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationStatus>,
+}
+
+/// The transitions of `history` one target was sent, and the Slack message of the current rollout.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationStatus {
+    pub target: String,
+    /// The time of the newest transition handled (sent, or left out by `events`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub sent_until: Option<Timestamp>,
+    /// How many transitions at exactly `sentUntil` were handled: several can share one instant.
+    #[serde(default)]
+    pub sent_at_that_time: u32,
+    /// The Slack message this rollout's transitions update (bot token only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack: Option<SlackMessage>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlackMessage {
+    /// The channel ID Slack answered with.
+    pub channel: String,
+    /// The message's timestamp: its ID for chat.update and the thread's parent.
+    pub ts: String,
 }
 
 /// What canaryd changed in each version's scaling, recorded before the first change so that it is
