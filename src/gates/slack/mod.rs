@@ -1,0 +1,3 @@
+//! Slack: the interactivity endpoint (clicks on canaryd buttons).
+
+pub mod interactivity;
