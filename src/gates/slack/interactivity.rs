@@ -280,6 +280,15 @@ mod tests {
         );
     }
 
+    /// (name, timestamp, signature, body, verifying secrets or why not).
+    type Case<'a> = (
+        &'a str,
+        Option<String>,
+        Option<String>,
+        &'a [u8],
+        Result<Vec<usize>, Unverified>,
+    );
+
     #[test]
     fn signature_table() {
         let now = 1_700_000_000;
@@ -288,13 +297,7 @@ mod tests {
         let good = sign("s3cret", &ts, body);
         let secrets: [&[u8]; 3] = [b"other", b"s3cret", b"s3cret"];
         let at = |skew: i64| (now + skew).to_string();
-        let cases: Vec<(
-            &str,
-            Option<String>,
-            Option<String>,
-            &[u8],
-            Result<Vec<usize>, Unverified>,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "good, two targets share the app",
                 Some(ts.clone()),
