@@ -396,6 +396,7 @@ fn with_notifications(policy: &str, target: &str) -> String {
 }
 
 async fn slack_setup(seed: &Seed) -> Result<(SlackApp, SlackApp, Clicker)> {
+    support::create_namespace(SYSTEM_NS).await?;
     let (stand_in, slack_url) = start_stand_in().await?;
     let team = slack_target(seed, "team", "team-signing-secret", &slack_url).await?;
     // Another Slack app the daemon knows: its signature must not pass for `team`'s buttons.
