@@ -177,6 +177,7 @@ async fn approval_api_acts_only_for_a_token_that_may_promote() -> Result<()> {
 
 async fn forged_on_behalf_is_refused(seed: &Seed, client: Client, user: &str) -> Result<()> {
     let api: Api<RolloutCommand> = Api::namespaced(client, &seed.ns);
+    let admin: Api<RolloutCommand> = Api::namespaced(seed.client.clone(), &seed.ns);
     let cmd = RolloutCommand {
         metadata: ObjectMeta {
             generate_name: Some("forged-".into()),
@@ -197,7 +198,8 @@ async fn forged_on_behalf_is_refused(seed: &Seed, client: Client, user: &str) ->
         match api.create(&PostParams::default(), &cmd).await {
             Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => Ok(Some(s.message)),
             Ok(created) => {
-                api.delete(&created.metadata.name.unwrap_or_default(), &DeleteParams::default())
+                admin
+                    .delete(&created.metadata.name.unwrap_or_default(), &DeleteParams::default())
                     .await?;
                 Ok(None)
             }
@@ -559,8 +561,8 @@ async fn slack_abort_while_progressing_returns_traffic_to_stable() -> Result<()>
             .replace("    - pause: {duration: 2s}\n", "    - pause: {duration: 10m}\n");
         seed.apply(&with_notifications(&policy, &team.target)).await?;
         let p = seed
-            .wait_policy(POLICY, "progressing", T, |p| {
-                phase(p) == Phase::Progressing && step(p) == Some(1)
+            .wait_policy(POLICY, "the timed pause at 10 %", T, |p| {
+                matches!(phase(p), Phase::Progressing | Phase::Paused) && step(p) == Some(1)
             })
             .await?;
         seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 90), ("v2", 10)], T)

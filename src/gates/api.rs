@@ -444,6 +444,16 @@ struct Known {
 /// happened goes to the click's `response_url` as an ephemeral message. Unsigned, badly signed or
 /// stale requests get 401 and nothing else.
 async fn slack_interactivity(State(app): State<Approvals>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    // Stale or unsigned requests cost no API call.
+    let signed = match interactivity::precheck(
+        header("x-slack-request-timestamp"),
+        header("x-slack-signature"),
+        Timestamp::now().as_second(),
+    ) {
+        Ok(s) => s,
+        Err(why) => return unverified(why),
+    };
     let known = match app.slack_targets().await {
         Ok(k) => k,
         Err(e) => {
@@ -451,16 +461,8 @@ async fn slack_interactivity(State(app): State<Approvals>, headers: HeaderMap, b
             return (StatusCode::SERVICE_UNAVAILABLE, "unavailable\n").into_response();
         }
     };
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     let secrets: Vec<&[u8]> = known.iter().map(|k| k.secret.as_bytes()).collect();
-    let verified = interactivity::verify(
-        &secrets,
-        header("x-slack-request-timestamp"),
-        header("x-slack-signature"),
-        &body,
-        Timestamp::now().as_second(),
-    );
-    let matching = match verified {
+    let matching = match interactivity::matching(&signed, &secrets, &body) {
         Ok(m) => m,
         Err(why) => return unverified(why),
     };

@@ -31,25 +31,35 @@ pub enum Unverified {
     Timestamp,
 }
 
-/// Checks the request's timestamp (seconds since the epoch) against `now`, then returns the indexes
-/// of `secrets` whose HMAC matches `signature`. Every secret is checked, each in constant time.
-pub fn verify(
-    secrets: &[&[u8]],
-    timestamp: Option<&str>,
-    signature: Option<&str>,
-    body: &[u8],
-    now: i64,
-) -> Result<Vec<usize>, Unverified> {
-    let ts = timestamp.ok_or(Unverified::Timestamp)?;
-    let at: i64 = ts.trim().parse().map_err(|_| Unverified::Timestamp)?;
+/// The signature headers of a request whose timestamp is fresh; checked before any secret is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    timestamp: String,
+    mac: Vec<u8>,
+}
+
+/// Is the timestamp (seconds since the epoch) within [`MAX_SKEW`] of `now`, and is there a
+/// well-formed `v0=` signature?
+pub fn precheck(timestamp: Option<&str>, signature: Option<&str>, now: i64) -> Result<Signed, Unverified> {
+    let ts = timestamp.ok_or(Unverified::Timestamp)?.trim();
+    let at: i64 = ts.parse().map_err(|_| Unverified::Timestamp)?;
     let skew = i64::try_from(MAX_SKEW.as_secs()).unwrap_or(i64::MAX);
     if (now - at).abs() > skew {
         return Err(Unverified::Timestamp);
     }
-    let given = signature
+    let mac = signature
         .and_then(|s| s.strip_prefix("v0="))
         .and_then(|h| hex::decode(h).ok())
         .ok_or(Unverified::Signature)?;
+    Ok(Signed {
+        timestamp: ts.to_string(),
+        mac,
+    })
+}
+
+/// The indexes of `secrets` whose HMAC of `v0:{timestamp}:{body}` is the signature. Every secret is
+/// checked, each in constant time.
+pub fn matching(signed: &Signed, secrets: &[&[u8]], body: &[u8]) -> Result<Vec<usize>, Unverified> {
     let matching: Vec<usize> = secrets
         .iter()
         .enumerate()
@@ -58,10 +68,10 @@ pub fn verify(
                 return false;
             };
             mac.update(b"v0:");
-            mac.update(ts.as_bytes());
+            mac.update(signed.timestamp.as_bytes());
             mac.update(b":");
             mac.update(body);
-            mac.verify_slice(&given).is_ok()
+            mac.verify_slice(&signed.mac).is_ok()
         })
         .map(|(i, _)| i)
         .collect();
@@ -69,6 +79,17 @@ pub fn verify(
         return Err(Unverified::Signature);
     }
     Ok(matching)
+}
+
+/// [`precheck`] then [`matching`].
+pub fn verify(
+    secrets: &[&[u8]],
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+    now: i64,
+) -> Result<Vec<usize>, Unverified> {
+    matching(&precheck(timestamp, signature, now)?, secrets, body)
 }
 
 /// What a canaryd button carries (set by the notifier): the rollout and gate the message was about.
