@@ -154,9 +154,26 @@ async fn approval_api_acts_only_for_a_token_that_may_promote() -> Result<()> {
         )?;
         let all = commands(&seed).await?;
         ensure(
-            all.len() == 1 && all[0].spec.on_behalf_of.as_deref() == Some(user.as_str()),
+            all.len() == 1
+                && all[0].spec.on_behalf_of.as_deref() == Some(user.as_str())
+                && all[0].spec.requested_by == DAEMON,
             format!("commands: {all:?}"),
         )?;
+
+        // The last gate, then nothing left to approve: said so, and no command is created.
+        let (code, a) = api_call(&url, ns, POLICY, "promote", Some(&ci)).await?;
+        ensure(
+            code == 200 && a["result"] == "acted",
+            format!("second gate: {code} {a}"),
+        )?;
+        seed.wait_policy(POLICY, "Succeeded", T, |p| phase(p) == Phase::Succeeded)
+            .await?;
+        let (code, a) = api_call(&url, ns, POLICY, "promote", Some(&ci)).await?;
+        ensure(
+            code == 409 && a["result"] == "nothing-to-approve" && a["reason"] == "NoRollout",
+            format!("after the rollout: {code} {a}"),
+        )?;
+        ensure(commands(&seed).await?.len() == 2, "no command for nothing to approve")?;
 
         // No such policy, no such command.
         let (code, a) = api_call(&url, ns, "no-such-policy", "promote", Some(&ci)).await?;
@@ -463,6 +480,13 @@ async fn slack_approve_promotes_once_and_everything_else_does_nothing() -> Resul
             .send(&big, Some(&ts), Some(&signature(&team.secret, &ts, &big.body)?))
             .await?;
         ensure(code == 413, format!("a 100 KiB body: {code}"))?;
+
+        // Another target's signed click, by a user that target allows: the policy does not send there.
+        let elsewhere = json!({"ns": seed.ns, "policy": POLICY, "canary": hash, "step": 1, "target": other.target});
+        let text = clicker
+            .signed(&other, &clicker.click("UALLOWED", promote, &elsewhere)?)
+            .await?;
+        ensure(text.contains("does not name"), format!("other target: {text}"))?;
 
         // A user on no list: told so, nothing created.
         let text = clicker
