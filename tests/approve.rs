@@ -54,9 +54,15 @@ fn gated_policy(seed: &Seed) -> String {
 
 /// The daemon with the approvals listener on a port of its own; returns it and the listener's URL.
 async fn daemon_with_approvals(seed: &Seed) -> Result<(support::ChildProc, String)> {
+    daemon_with_approvals_and(seed, &[]).await
+}
+
+async fn daemon_with_approvals_and(seed: &Seed, extra: &[&str]) -> Result<(support::ChildProc, String)> {
     let port = support::free_port()?;
     let addr = format!("127.0.0.1:{port}");
-    let daemon = fixture::start_daemon_with(&seed.ns, &["--approvals-listen", &addr], &[]).await?;
+    let mut args = vec!["--approvals-listen", addr.as_str()];
+    args.extend_from_slice(extra);
+    let daemon = fixture::start_daemon_with(&seed.ns, &args, &[]).await?;
     let url = format!("http://{addr}");
     // The listener is up once it answers (it binds before the controller starts).
     let http = reqwest::Client::new();
@@ -552,7 +558,23 @@ async fn slack_approve_promotes_once_and_everything_else_does_nothing() -> Resul
             format!("the rollout moved: {:?}", p.status),
         )?;
 
-        // A member of an allowed Slack user group passes the second gate.
+        // A standby replica (the Lease is another's) answers too; the leader acts. A member of an
+        // allowed Slack user group passes the second gate through it.
+        let lease = format!("approve-{}", seed.ns);
+        seed.apply(&format!(
+            "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {lease}, namespace: {SYSTEM_NS}}}\n\
+             spec: {{holderIdentity: someone-else, leaseDurationSeconds: 3600, renewTime: \"{}\"}}\n",
+            jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        ))
+        .await?;
+        let (standby, standby_url) =
+            daemon_with_approvals_and(&seed, &["--leader-elect", "--lease-name", &lease]).await?;
+        support::wait_until("the replica to stand by", T, async || {
+            Ok(standby.logs(40).contains("waiting for the lease").then_some(()))
+        })
+        .await
+        .with_context(|| standby.logs(40))?;
+        clicker.url = standby_url;
         let text = clicker
             .signed(
                 &team,
@@ -568,6 +590,7 @@ async fn slack_approve_promotes_once_and_everything_else_does_nothing() -> Resul
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?;
         ensure(calls >= 1, "the group was looked up in Slack")?;
+        ensure(!standby.logs(200).contains("leading"), "the standby took the lease")?;
         Ok(())
     };
     run.await.map_err(|e| fixture::fail_with_logs(&daemon, e))
