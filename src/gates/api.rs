@@ -690,3 +690,25 @@ fn already_handled(what: &str, first: &RolloutCommand) -> String {
     };
     format!("Nothing done: this {what} was already handled by {by} at {at}; {outcome}.")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cli_command_has_its_path() {
+        for segment in ["promote", "promote-full", "abort", "pause", "resume", "retry"] {
+            assert_eq!(kind_of(segment).map(CommandKind::as_str), Some(segment));
+        }
+        assert_eq!(kind_of("delete"), None);
+        assert_eq!(kind_of("Promote"), None);
+    }
+
+    #[test]
+    fn stale_gates_are_nothing_to_approve() {
+        for reason in ["NoRollout", "WrongCanary", "WrongStep", "Expired"] {
+            assert!(nothing_to_approve(reason), "{reason}");
+        }
+        assert!(!nothing_to_approve("PolicyInvalid"));
+    }
+}

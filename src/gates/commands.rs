@@ -334,6 +334,14 @@ mod tests {
     }
 
     #[test]
+    fn by_names_the_person_and_the_creator() {
+        let mut c = cmd(CommandKind::Promote, "aaa", Some(1));
+        assert_eq!(c.by(), "alice");
+        c.on_behalf_of = Some("slack:U1 (bob)".into());
+        assert_eq!(c.by(), "slack:U1 (bob) via alice");
+    }
+
+    #[test]
     fn refusals_say_why() {
         let r = Refusal::WrongCanary {
             given: "old".into(),
