@@ -74,6 +74,10 @@ enum Command {
         /// Address of /metrics, /healthz and /readyz.
         #[arg(long, default_value = "0.0.0.0:8080", env = "CANARYD_LISTEN")]
         listen: SocketAddr,
+        /// Address of the approvals listener (the approval API and Slack's interactivity endpoint),
+        /// the only one to expose through an Ingress; off when absent.
+        #[arg(long, env = "CANARYD_APPROVALS_LISTEN")]
+        approvals_listen: Option<SocketAddr>,
         #[arg(long, value_enum, default_value_t, env = "CANARYD_LOG_FORMAT")]
         log_format: LogFormat,
         /// Watch RolloutPolicies in this namespace only (default: all).
@@ -169,6 +173,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     let (target, kind) = match command {
         Command::Run {
             listen,
+            approvals_listen,
             namespace,
             secrets_namespace,
             command_ttl,
@@ -181,7 +186,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 secrets_namespace,
                 command_ttl,
             };
-            return run(listen, options, election, stuck_timeout)
+            return run(listen, approvals_listen, options, election, stuck_timeout)
                 .await
                 .map(|_| ExitCode::SUCCESS);
         }
@@ -280,8 +285,19 @@ fn validate_cmd(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn run(listen: SocketAddr, options: Options, election: Election, stuck_timeout: Duration) -> anyhow::Result<()> {
+async fn run(
+    listen: SocketAddr,
+    approvals_listen: Option<SocketAddr>,
+    options: Options,
+    election: Election,
+    stuck_timeout: Duration,
+) -> anyhow::Result<()> {
     let client = client().await?;
+    // Both replicas serve approvals: they only create commands, which the leader carries out.
+    let approvals = match approvals_listen {
+        Some(addr) => Some(serve_approvals(&client, addr, &options).await?),
+        None => None,
+    };
     let metrics = Arc::new(canaryd::metrics::Metrics::default());
     let health = Arc::new(Health::new(stuck_timeout));
     let listener = tokio::net::TcpListener::bind(listen)
@@ -335,5 +351,31 @@ async fn run(listen: SocketAddr, options: Options, election: Election, stuck_tim
             .map_err(anyhow::Error::from)
     };
     server.abort();
+    if let Some(approvals) = approvals {
+        approvals.abort();
+    }
     result
+}
+
+async fn serve_approvals(
+    client: &kube::Client,
+    addr: SocketAddr,
+    options: &Options,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let identity = cli::whoami(client)
+        .await
+        .context("the approvals listener needs the daemon's own user name (SelfSubjectReview)")?;
+    let approvals = canaryd::gates::api::Approvals::new(
+        client.clone(),
+        identity,
+        options.namespace.clone(),
+        options.secrets_namespace.clone(),
+    )?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "serving the approval API and /slack/interactivity");
+    let app = canaryd::gates::api::router(approvals);
+    Ok(tokio::spawn(async move { axum::serve(listener, app).await }))
 }

@@ -203,6 +203,7 @@ async fn a_forged_requester_is_refused_by_the_api_server() -> Result<()> {
         canary: "0123456789abcdef".into(),
         step: Some(1),
         requested_by: by.into(),
+        on_behalf_of: None,
     };
     // The admission policy takes a moment to load after it is created: until it refuses, clean up.
     let forged = spec(&format!("system:serviceaccount:{}:alice", seed.ns));

@@ -69,6 +69,7 @@ pub async fn send(client: &Client, namespace: &str, name: &str, kind: CommandKin
             canary: canary.template_hash.clone(),
             step: status.step,
             requested_by,
+            on_behalf_of: None,
         },
         status: None,
     };

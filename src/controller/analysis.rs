@@ -110,7 +110,7 @@ async fn resolve(secrets: &Api<Secret>, provider: &MetricProvider) -> Result<Res
     Ok((address, credentials, ca_pem))
 }
 
-async fn secret_value(secrets: &Api<Secret>, r: &SecretKeyRef) -> Result<String> {
+pub(crate) async fn secret_value(secrets: &Api<Secret>, r: &SecretKeyRef) -> Result<String> {
     let secret = secrets.get(&r.name).await?;
     let bytes = secret
         .data

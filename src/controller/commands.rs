@@ -64,7 +64,7 @@ pub async fn next(ctx: &Context, policy: &RolloutPolicy) -> Result<Option<Admitt
                     command: Command {
                         id: uid,
                         kind: cmd.spec.command,
-                        by: Some(cmd.spec.requested_by.clone()),
+                        by: Some(cmd.spec.by()),
                     },
                     name: cmd.name_any(),
                 }));
@@ -75,7 +75,7 @@ pub async fn next(ctx: &Context, policy: &RolloutPolicy) -> Result<Option<Admitt
                 let note = format!(
                     "{} by {} ({}) refused: {}: {refusal}",
                     cmd.spec.command.as_str(),
-                    cmd.spec.requested_by,
+                    cmd.spec.by(),
                     cmd.name_any(),
                     refusal.reason()
                 );

@@ -3,6 +3,8 @@
 
 mod act;
 mod analysis;
+// Secrets of the daemon's namespace, read the same way for the approvals listener.
+pub(crate) use analysis::secret_value;
 pub mod cache;
 mod commands;
 mod hooks;

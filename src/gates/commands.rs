@@ -86,6 +86,20 @@ pub struct RolloutCommandSpec {
     /// The Kubernetes user who created the command; admission refuses any other value.
     #[schemars(length(min = 1))]
     pub requested_by: String,
+    /// The person the daemon's approvals listener acted for (`slack:U123 (name)`, or the Kubernetes
+    /// user of an approval API call); admission allows it only from the daemon's ServiceAccount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+}
+
+impl RolloutCommandSpec {
+    /// Who the command is from, as Events and outcomes name them.
+    pub fn by(&self) -> String {
+        match &self.on_behalf_of {
+            Some(person) => format!("{person} via {}", self.requested_by),
+            None => self.requested_by.clone(),
+        }
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -211,6 +225,7 @@ mod tests {
             canary: hash.into(),
             step,
             requested_by: "alice".into(),
+            on_behalf_of: None,
         }
     }
 
@@ -316,6 +331,14 @@ mod tests {
             let got = admit(&command, t0, st, at(secs), ttl).map_err(|r| r.reason());
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    #[test]
+    fn by_names_the_person_and_the_creator() {
+        let mut c = cmd(CommandKind::Promote, "aaa", Some(1));
+        assert_eq!(c.by(), "alice");
+        c.on_behalf_of = Some("slack:U1 (bob)".into());
+        assert_eq!(c.by(), "slack:U1 (bob) via alice");
     }
 
     #[test]

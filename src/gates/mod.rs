@@ -1,5 +1,6 @@
 //! Gates: what a person, a webhook, Slack or a schedule window says about a rollout.
 
+pub mod api;
 pub mod commands;
 pub mod notify;
 pub mod runner;

@@ -1,3 +1,4 @@
-//! Slack: what the daemon's messages carry for the interactivity endpoint to act on.
+//! Slack: the buttons canaryd's messages carry, and the interactivity endpoint that acts on clicks.
 
 pub mod button;
+pub mod interactivity;
