@@ -7,6 +7,7 @@ pub mod cache;
 mod commands;
 pub mod leader;
 pub mod observe;
+pub mod slim;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Error as FinalizerError, Event as FinalizerEvent, finalizer};
@@ -95,7 +97,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
     caches.ready().await?;
     let namespace = options.namespace.as_deref();
     let resource = policy_resource();
-    let (policies, deployments): (Api<DynamicObject>, Api<Deployment>) = match namespace {
+    let (policies, deployments): (Api<DynamicObject>, Api<PartialObjectMeta<Deployment>>) = match namespace {
         Some(ns) => (
             Api::namespaced_with(client.clone(), ns, &resource),
             Api::namespaced(client.clone(), ns),
@@ -125,6 +127,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
     let policy_stream = reflector::reflector(
         writer,
         watcher(policies, watcher::Config::default().any_semantic())
+            .modify(slim::dynamic)
             .backoff(cache::WatchBackoff::default())
             .inspect(move |item| watch_health.watch_item("rolloutpolicies", item)),
     )
@@ -143,10 +146,12 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
     health.loop_beat();
     let controller = Controller::for_stream_with(policy_stream, store.clone(), resource.clone());
     controller
-        .watches(
-            deployments,
-            watcher::Config::default().any_semantic(),
-            move |d: Deployment| {
+        // Only the name is read: the metadata of Deployments, not their bodies.
+        .watches_stream(
+            watcher(deployments, watcher::Config::default().any_semantic())
+                .backoff(cache::WatchBackoff::default())
+                .touched_objects(),
+            move |d: PartialObjectMeta<Deployment>| {
                 // A Deployment change wakes the policies that name it.
                 let ns = d.namespace();
                 let name = d.name_any();
