@@ -393,7 +393,21 @@ async fn run(o: &Opts) -> Result<String> {
     .await
     .map_err(|e| anyhow::anyhow!("{e:#}\n{}", daemon.logs(40)))?
     .unwrap_or_default();
-    eprintln!("all {} policies reconciled {:.1} s after start", o.n, all_reconciled.as_secs_f64());
+    eprintln!(
+        "all {} policies reconciled {:.1} s after start",
+        o.n,
+        all_reconciled.as_secs_f64()
+    );
+    let phase = |name: &str| {
+        if let Some((rss, hwm, cpu)) = proc_figures(pid) {
+            eprintln!(
+                "[{name}] RSS {:.1} MiB, VmHWM {:.1} MiB, CPU {cpu:.1} s",
+                mib(rss),
+                mib(hwm)
+            );
+        }
+    };
+    phase("reconciled");
 
     // Idle fleet: nothing changes; count the API requests and CPU.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -420,6 +434,7 @@ async fn run(o: &Opts) -> Result<String> {
         * per_min;
     let idle_cpu = (cpu_after - cpu_before) * per_min;
     eprintln!("idle requests by verb/resource over {:?}: {idle_requests:?}", o.idle);
+    phase("idle");
 
     // Reconcile latency after a spec change: a step weight on a sample of Healthy policies.
     let sample: Vec<String> = (o.progressing..o.n)
@@ -455,6 +470,7 @@ async fn run(o: &Opts) -> Result<String> {
     })
     .await?;
     watch.abort();
+    phase("spec change");
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0;
     let (p50, p99) = (pct(0.5), pct(0.99));
@@ -486,6 +502,7 @@ async fn run(o: &Opts) -> Result<String> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e:#}\n{}", daemon.logs(40)))?;
+    phase("first checks");
     let prom_metrics = || http_text(format!("{}/metrics", prom.base_url()));
     let daemon_metrics = || http_text(format!("http://{daemon_addr}/metrics"));
     let query_filter = |l: &str| l.contains("handler=\"/api/v1/query\"");

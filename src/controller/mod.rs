@@ -276,7 +276,8 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Requeue
             FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e,
             // 422: the JSON patch's test saw other finalizers than the cached policy: a stale
             // cache (the policy changed meanwhile), retried at once like a conflict.
-            FinalizerError::AddFinalizer(kube::Error::Api(s)) | FinalizerError::RemoveFinalizer(kube::Error::Api(s))
+            FinalizerError::AddFinalizer(kube::Error::Api(s))
+            | FinalizerError::RemoveFinalizer(kube::Error::Api(s))
                 if s.code == 422 && s.details.as_ref().is_none_or(|d| d.causes.is_empty()) =>
             {
                 Error::Conflict(s.message)

@@ -93,12 +93,16 @@ impl Fresh {
         let hpas = kube::Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns)
             .list(&lp)
             .await?;
-        let deployments = kube::Api::<Deployment>::namespaced(client.clone(), &ns)
-            .list(&lp)
-            .await?;
+        // The two Deployments by name: a list would read every Deployment of the namespace.
+        let api = kube::Api::<Deployment>::namespaced(client.clone(), &ns);
+        let mut deployments = Vec::new();
+        let canary = policy.spec.canary.as_ref().map(|c| c.deployment.as_str());
+        for name in std::iter::once(stable.deployment.as_str()).chain(canary) {
+            deployments.extend(api.get_opt(name).await?);
+        }
         Ok(Some(Fresh {
             hpas: hpas.items,
-            deployments: deployments.items,
+            deployments,
         }))
     }
 }
