@@ -3,7 +3,7 @@
 //! judges every metric, stores the result and wakes the policies whose checks are done. Prometheus
 //! load grows with the number of distinct (template, window) pairs, not with the number of rollouts.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -94,32 +94,56 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(t)
 }
 
-/// One distinct query of a tick and the checks that read it.
+/// One distinct query of a tick: a built-in template's grouped query, shared by every rollout that
+/// uses it (by [`Template::query_key`]; its text depends on the workloads due), or a custom one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Query {
-    /// A built-in template's grouped query, shared by every rollout that uses it.
     Grouped(String),
     Custom(String),
-}
-
-impl Query {
-    fn text(&self) -> &str {
-        match self {
-            Query::Grouped(q) | Query::Custom(q) => q,
-        }
-    }
 }
 
 fn metric_query(analysis: &Analysis, metric: &MetricCheck, vars: &Vars) -> Result<Query, String> {
     let window = window(analysis, metric);
     if let Some(name) = &metric.template {
         let t = Template::parse(name).ok_or_else(|| format!("unknown template {name:?}"))?;
-        return Ok(Query::Grouped(templates::grouped_query(t, &window)));
+        return Ok(Query::Grouped(t.query_key(&window)));
     }
     let query = metric.query.as_deref().unwrap_or_default();
     let vars = Vars { window, ..vars.clone() };
     templates::render(query, &vars)
         .map(Query::Custom)
         .map_err(|e| e.to_string())
+}
+
+/// The PromQL of every distinct query of a tick: each grouped query selects the workloads of all
+/// the rollouts due that use it, and no other.
+fn tick_queries(due: &[(Key, Request)]) -> BTreeMap<Query, String> {
+    let mut grouped: BTreeMap<String, (Template, String, templates::Selection)> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for (_, req) in due {
+        for m in &req.analysis.metrics {
+            match metric_query(&req.analysis, m, &req.vars) {
+                Ok(Query::Grouped(key)) => {
+                    let Some(t) = m.template.as_deref().and_then(Template::parse) else {
+                        continue;
+                    };
+                    let entry = grouped
+                        .entry(key)
+                        .or_insert_with(|| (t, window(&req.analysis, m), Default::default()));
+                    let v = &req.vars;
+                    entry.2.add(&v.namespace, &[&v.stable.deployment, &v.canary.deployment]);
+                }
+                Ok(Query::Custom(text)) => {
+                    out.insert(Query::Custom(text.clone()), text);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    for (key, (t, window, selection)) in grouped {
+        out.insert(Query::Grouped(key), templates::grouped_query(t, &window, &selection));
+    }
+    out
 }
 
 impl Engine {
@@ -227,23 +251,13 @@ impl Engine {
         let started = Instant::now();
         let client = due.first().map(|(_, r)| self.client(&provider, r));
         // Distinct queries of this tick; identical rendered queries are asked once.
-        let mut wanted: Vec<String> = Vec::new();
-        let mut seen = HashSet::new();
-        for (_, req) in &due {
-            for m in &req.analysis.metrics {
-                if let Ok(q) = metric_query(&req.analysis, m, &req.vars)
-                    && seen.insert(q.text().to_string())
-                {
-                    wanted.push(q.text().to_string());
-                }
-            }
-        }
-        let answers: HashMap<String, Result<Vec<Sample>, PromError>> = match client {
+        let wanted = tick_queries(&due);
+        let answers: HashMap<Query, Result<Vec<Sample>, PromError>> = match client {
             Some(Ok(client)) => {
-                let asked = join_all(wanted.iter().map(|q| client.query(q))).await;
-                wanted.into_iter().zip(asked).collect()
+                let asked = join_all(wanted.values().map(|q| client.query(q))).await;
+                wanted.into_keys().zip(asked).collect()
             }
-            Some(Err(e)) => wanted.into_iter().map(|q| (q, Err(e.clone()))).collect(),
+            Some(Err(e)) => wanted.into_keys().map(|q| (q, Err(e.clone()))).collect(),
             None => HashMap::new(),
         };
         self.metrics.prometheus_queries.inc_by(answers.len() as u64);
@@ -320,7 +334,7 @@ fn provider_key(request: &Request) -> String {
 fn judge_metric(
     req: &Request,
     m: &MetricCheck,
-    answers: &HashMap<String, Result<Vec<Sample>, PromError>>,
+    answers: &HashMap<Query, Result<Vec<Sample>, PromError>>,
     at: Timestamp,
 ) -> MetricResult {
     let window = window(&req.analysis, m);
@@ -338,7 +352,7 @@ fn judge_metric(
         Ok(q) => q,
         Err(e) => return result(Verdict::Error, e),
     };
-    let samples = match answers.get(query.text()) {
+    let samples = match answers.get(&query) {
         Some(Ok(s)) => s,
         Some(Err(e)) => return result(Verdict::Error, format!("Prometheus: {e}")),
         None => return result(Verdict::Error, "query was not asked".into()),
@@ -370,6 +384,71 @@ fn judge_metric(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn request(ns: &str, app: &str, window: &str) -> (Key, Request) {
+        let analysis: Analysis = serde_json::from_value(json!({
+            "interval": "30s",
+            "prometheus": {"address": "http://prometheus:9090"},
+            "metrics": [
+                {"name": "sr", "template": "istio-request-success-rate", "min": 99, "window": window},
+                {"name": "p99", "template": "istio-request-duration-p99", "max": 500, "window": window},
+                {"name": "custom", "query": "sum(up{namespace=\"{{namespace}}\"})", "max": 1},
+            ],
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let version = |subset: &str| templates::VersionVars {
+            subset: subset.into(),
+            deployment: format!("{app}-{subset}"),
+            version: subset.into(),
+        };
+        let request = Request {
+            prometheus: analysis.prometheus.clone().unwrap_or_else(|| panic!("no address")),
+            analysis,
+            vars: Vars {
+                namespace: ns.into(),
+                service: app.into(),
+                window: window.into(),
+                stable: version("v1"),
+                canary: version("v2"),
+            },
+            since: Timestamp::UNIX_EPOCH,
+            credentials: None,
+            ca_pem: None,
+        };
+        ((ns.into(), app.into()), request)
+    }
+
+    #[test]
+    fn built_in_queries_select_only_the_workloads_due_and_stay_one_per_template_and_window() {
+        let due = [
+            request("shop", "cart", "1m"),
+            request("pay", "api", "1m"),
+            request("pay", "ledger", "5m"),
+        ];
+        let queries = tick_queries(&due);
+        let grouped: Vec<&String> = queries
+            .iter()
+            .filter(|(k, _)| matches!(k, Query::Grouped(_)))
+            .map(|(_, q)| q)
+            .collect();
+        // success rate and duration, each over 1m and 5m; the custom query once per namespace.
+        assert_eq!(grouped.len(), 4, "{queries:#?}");
+        assert_eq!(queries.len(), 6, "{queries:#?}");
+        let one_minute =
+            r#"destination_workload_namespace=~"pay|shop",destination_workload=~"api-v1|api-v2|cart-v1|cart-v2"}[1m]"#;
+        let five_minutes = r#"destination_workload_namespace=~"pay",destination_workload=~"ledger-v1|ledger-v2"}[5m]"#;
+        for q in &grouped {
+            assert!(q.contains(one_minute) || q.contains(five_minutes), "{q}");
+        }
+        // Each rollout's samples are found under its metric's key.
+        for (_, req) in &due {
+            for m in &req.analysis.metrics {
+                let key = metric_query(&req.analysis, m, &req.vars).unwrap_or_else(|e| panic!("{e}"));
+                assert!(queries.contains_key(&key), "{key:?}");
+            }
+        }
+    }
 
     #[test]
     fn grid_aligns_policies_with_the_same_interval() {

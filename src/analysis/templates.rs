@@ -5,6 +5,7 @@
 //! workload; [`crate::analysis::judge`] computes each workload's value from the raw counts, so that
 //! Prometheus load does not grow with the number of rollouts.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// A built-in metric, computed client-side from a grouped query.
@@ -71,19 +72,57 @@ impl std::fmt::Display for Template {
     }
 }
 
-/// The one query, for all workloads at once, whose raw counts yield `t` over `window`.
+/// The workloads a grouped query asks about: those of every rollout due in the tick, so that the
+/// answer grows with the rollouts in progress, not with the mesh.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub namespaces: BTreeSet<String>,
+    pub workloads: BTreeSet<String>,
+}
+
+impl Selection {
+    /// Adds the stable and canary workloads of a rollout in `namespace`.
+    pub fn add(&mut self, namespace: &str, workloads: &[&str]) {
+        self.namespaces.insert(namespace.to_string());
+        self.workloads
+            .extend(workloads.iter().filter(|w| !w.is_empty()).map(|w| w.to_string()));
+    }
+}
+
+/// `a|b\\.c` for a PromQL regex matcher: every name matched whole and literally. Kubernetes names
+/// hold only `[a-z0-9.-]`; anything else is escaped too.
+fn alternatives(names: &BTreeSet<String>) -> String {
+    let mut out = String::new();
+    for (i, name) in names.iter().enumerate() {
+        if i > 0 {
+            out.push('|');
+        }
+        for c in name.chars() {
+            if !(c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                // `\\` in the PromQL string is one backslash for the regex.
+                out.push_str("\\\\");
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The one query, for all selected workloads at once, whose raw counts yield `t` over `window`.
 ///
 /// `increase` rather than `rate`: the same numbers give both the value and the request count that
 /// `minRequests` is compared with.
-pub fn grouped_query(t: Template, window: &str) -> String {
+pub fn grouped_query(t: Template, window: &str, selection: &Selection) -> String {
     let by = match t {
         Template::SuccessRate => "response_code",
         Template::DurationP50 | Template::DurationP95 | Template::DurationP99 => "le",
     };
     format!(
         "sum by (destination_workload_namespace, destination_workload, {by}) \
-         (increase({}{{reporter=\"destination\"}}[{window}]))",
-        t.family()
+         (increase({}{{reporter=\"destination\",destination_workload_namespace=~\"{}\",destination_workload=~\"{}\"}}[{window}]))",
+        t.family(),
+        alternatives(&selection.namespaces),
+        alternatives(&selection.workloads),
     )
 }
 
@@ -257,32 +296,40 @@ mod tests {
         }
     }
 
+    fn selection() -> Selection {
+        let mut s = Selection::default();
+        s.add("shop", &["cart-v1", "cart-v2"]);
+        s.add("pay", &["api.v2", ""]);
+        s
+    }
+
     #[test]
-    fn grouped_queries() {
+    fn grouped_queries_select_only_the_analysed_workloads() {
         let cases = [
             (
                 Template::SuccessRate,
                 "1m",
-                r#"sum by (destination_workload_namespace, destination_workload, response_code) (increase(istio_requests_total{reporter="destination"}[1m]))"#,
+                r#"sum by (destination_workload_namespace, destination_workload, response_code) (increase(istio_requests_total{reporter="destination",destination_workload_namespace=~"pay|shop",destination_workload=~"api\\.v2|cart-v1|cart-v2"}[1m]))"#,
             ),
             (
                 Template::DurationP99,
                 "90s",
-                r#"sum by (destination_workload_namespace, destination_workload, le) (increase(istio_request_duration_milliseconds_bucket{reporter="destination"}[90s]))"#,
+                r#"sum by (destination_workload_namespace, destination_workload, le) (increase(istio_request_duration_milliseconds_bucket{reporter="destination",destination_workload_namespace=~"pay|shop",destination_workload=~"api\\.v2|cart-v1|cart-v2"}[90s]))"#,
             ),
         ];
         for (t, window, want) in cases {
-            assert_eq!(grouped_query(t, window), want);
+            assert_eq!(grouped_query(t, window, &selection()), want);
         }
     }
 
     #[test]
     fn durations_share_one_query_per_window() {
+        let sel = selection();
         let durations = [Template::DurationP50, Template::DurationP95, Template::DurationP99];
         for a in durations {
             for b in durations {
                 assert_eq!(a.query_key("1m"), b.query_key("1m"));
-                assert_eq!(grouped_query(a, "1m"), grouped_query(b, "1m"));
+                assert_eq!(grouped_query(a, "1m", &sel), grouped_query(b, "1m", &sel));
             }
             assert_ne!(a.query_key("1m"), a.query_key("2m"));
             assert_ne!(a.query_key("1m"), Template::SuccessRate.query_key("1m"));
@@ -293,7 +340,7 @@ mod tests {
                 for (wa, wb) in [("1m", "1m"), ("1m", "5m")] {
                     assert_eq!(
                         a.query_key(wa) == b.query_key(wb),
-                        grouped_query(a, wa) == grouped_query(b, wb),
+                        grouped_query(a, wa, &sel) == grouped_query(b, wb, &sel),
                         "{a} {wa} / {b} {wb}"
                     );
                 }

@@ -114,6 +114,11 @@ struct Cli {
     /// Seed of the latency PRNG, for reproducible runs.
     #[arg(long, default_value_t = 0x6d65_7368_7369_6d)]
     seed: u64,
+
+    /// Also export steady telemetry of this many other services (workloads `bg-I` in namespace
+    /// `mesh-bg`, 10 requests per second each), standing in for the rest of a large mesh.
+    #[arg(long, default_value_t = 0)]
+    background_services: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -754,6 +759,36 @@ async fn generate_traffic(sim: SharedSim) {
     }
 }
 
+/// Steady traffic of `count` services no rollout names: their series are what a grouped query
+/// without a workload filter would read.
+async fn background_traffic(metrics: Metrics, count: u32) {
+    let ids: Vec<Identity> = (0..count)
+        .map(|i| Identity {
+            vs_namespace: "mesh-bg".into(),
+            vs_name: format!("bg-{i}"),
+            route_name: None,
+            service_fqdn: format!("bg-{i}.mesh-bg.svc.{CLUSTER_DOMAIN}"),
+            service_name: format!("bg-{i}"),
+            service_namespace: "mesh-bg".into(),
+            source_workload: "loadgen".into(),
+            source_namespace: "mesh-bg".into(),
+            mappings: Vec::new(),
+        })
+        .collect();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        for id in &ids {
+            let labels = id.labels("v1", 200);
+            metrics.requests.get_or_create(&labels).inc_by(10);
+            let histogram = metrics.duration.get_or_create(&labels);
+            for _ in 0..10 {
+                histogram.observe(10.0);
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP: /metrics and the admin API
 // ---------------------------------------------------------------------------------------------
@@ -922,7 +957,7 @@ async fn main() -> anyhow::Result<()> {
         virtual_service = %format!("{}/{}", id.vs_namespace, id.vs_name),
         service = %id.service_fqdn, rps, "starting mesh simulator"
     );
-    let sim: SharedSim = Arc::new(Mutex::new(Sim::new(id, metrics, rps, defaults, cli.seed)));
+    let sim: SharedSim = Arc::new(Mutex::new(Sim::new(id, metrics.clone(), rps, defaults, cli.seed)));
 
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
@@ -937,6 +972,9 @@ async fn main() -> anyhow::Result<()> {
 
     tokio::spawn(follow_virtual_service(client, sim.clone()));
     tokio::spawn(generate_traffic(sim.clone()));
+    if cli.background_services > 0 {
+        tokio::spawn(background_traffic(metrics, cli.background_services));
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -25,6 +25,8 @@ use crate::http::Health;
 use crate::mesh::istio::{destination_rule_resource, virtual_service_resource};
 use crate::policy::provider::MetricProvider;
 
+use super::slim;
+
 /// How often the daemon says why its caches have not filled yet (RBAC, missing CRD).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -72,12 +74,13 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
 
 /// Keep a reflector store of `api` filled for the daemon's lifetime; every watch item (also the
 /// lists and relists that touch no object) reports to `health` under `kind`.
-fn spawn<K>(api: Api<K>, dyntype: K::DynamicType, kind: &'static str, health: Arc<Health>) -> Store<K>
+/// `slim` trims each object before the store holds it (see [`super::slim`]).
+fn spawn<K>(api: Api<K>, dyntype: K::DynamicType, kind: &'static str, health: Arc<Health>, slim: fn(&mut K)) -> Store<K>
 where
     K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
-    spawn_notifying(api, dyntype, kind, health, |_| {})
+    spawn_notifying(api, dyntype, kind, health, slim, |_| {})
 }
 
 /// Like [`spawn`], calling `notify` with every object touched, after the store holds it.
@@ -86,6 +89,7 @@ fn spawn_notifying<K>(
     dyntype: K::DynamicType,
     kind: &'static str,
     health: Arc<Health>,
+    slim: fn(&mut K),
     notify: impl Fn(&K) + Send + 'static,
 ) -> Store<K>
 where
@@ -95,6 +99,7 @@ where
     let writer = Writer::new(dyntype);
     let reader = writer.as_reader();
     let watch = watcher(api, watcher::Config::default().any_semantic())
+        .modify(slim)
         .backoff(WatchBackoff::default())
         .inspect(move |item| health.watch_item(kind, item));
     let stream = reflector::reflector(writer, watch).touched_objects();
@@ -126,37 +131,51 @@ impl Caches {
         let h = || health.clone();
         let (synced_tx, synced) = tokio::sync::watch::channel(false);
         let caches = Caches {
-            services: spawn(api::<Service>(client, namespace), (), "services", h()),
-            deployments: spawn(api::<Deployment>(client, namespace), (), "deployments", h()),
+            services: spawn(api::<Service>(client, namespace), (), "services", h(), slim::service),
+            deployments: spawn(
+                api::<Deployment>(client, namespace),
+                (),
+                "deployments",
+                h(),
+                slim::deployment,
+            ),
             hpas: spawn(
                 api::<HorizontalPodAutoscaler>(client, namespace),
                 (),
                 "horizontalpodautoscalers",
                 h(),
+                slim::hpa,
             ),
             virtual_services: spawn(
                 Api::all_with(client.clone(), &vs_resource),
                 vs_resource.clone(),
                 "virtualservices",
                 h(),
+                slim::dynamic,
             ),
             destination_rules: spawn(
                 Api::all_with(client.clone(), &dr_resource),
                 dr_resource.clone(),
                 "destinationrules",
                 h(),
+                slim::dynamic,
             ),
             commands: spawn_notifying(
                 api::<RolloutCommand>(client, namespace),
                 (),
                 "rolloutcommands",
                 h(),
+                |c| slim::meta(&mut c.metadata),
                 move |c: &RolloutCommand| {
                     let _ = wake.unbounded_send((c.namespace().unwrap_or_default(), c.spec.policy.clone()));
                 },
             ),
-            providers: spawn(Api::all(client.clone()), (), "metricproviders", h()),
-            targets: spawn(Api::all(client.clone()), (), "notificationtargets", h()),
+            providers: spawn(Api::all(client.clone()), (), "metricproviders", h(), |p| {
+                slim::meta(&mut p.metadata)
+            }),
+            targets: spawn(Api::all(client.clone()), (), "notificationtargets", h(), |t| {
+                slim::meta(&mut t.metadata)
+            }),
             vs_resource,
             dr_resource,
             synced,

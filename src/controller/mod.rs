@@ -10,6 +10,7 @@ mod commands;
 mod hooks;
 pub mod leader;
 pub mod observe;
+pub mod slim;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Error as FinalizerError, Event as FinalizerEvent, finalizer};
@@ -39,6 +41,10 @@ use crate::policy::types::RolloutPolicy;
 use leader::LeaderGuard;
 
 const ERROR_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Reconciles in flight at once. Unbounded, a start with thousands of policies opens a connection
+/// (and a TLS handshake) per reconcile and floods the API server; a few dozen keep it busy.
+const CONCURRENCY: u16 = 32;
 
 /// How the daemon runs.
 #[derive(Clone, Debug)]
@@ -101,7 +107,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
     caches.ready().await?;
     let namespace = options.namespace.as_deref();
     let resource = policy_resource();
-    let (policies, deployments): (Api<DynamicObject>, Api<Deployment>) = match namespace {
+    let (policies, deployments): (Api<DynamicObject>, Api<PartialObjectMeta<Deployment>>) = match namespace {
         Some(ns) => (
             Api::namespaced_with(client.clone(), ns, &resource),
             Api::namespaced(client.clone(), ns),
@@ -148,6 +154,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
     let policy_stream = reflector::reflector(
         writer,
         watcher(policies, watcher::Config::default().any_semantic())
+            .modify(slim::dynamic)
             .backoff(cache::WatchBackoff::default())
             .inspect(move |item| watch_health.watch_item("rolloutpolicies", item)),
     )
@@ -164,12 +171,15 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         }
     });
     health.loop_beat();
-    let controller = Controller::for_stream_with(policy_stream, store.clone(), resource.clone());
+    let controller = Controller::for_stream_with(policy_stream, store.clone(), resource.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY));
     controller
-        .watches(
-            deployments,
-            watcher::Config::default().any_semantic(),
-            move |d: Deployment| {
+        // Only the name is read: the metadata of Deployments, not their bodies.
+        .watches_stream(
+            watcher(deployments, watcher::Config::default().any_semantic())
+                .backoff(cache::WatchBackoff::default())
+                .filter_map(after_first_list),
+            move |d: PartialObjectMeta<Deployment>| {
                 // A Deployment change wakes the policies that name it.
                 let ns = d.namespace();
                 let name = d.name_any();
@@ -194,6 +204,26 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         })
         .await;
     Ok(())
+}
+
+/// The Deployments changed after the daemon's first list: every policy is reconciled at the start
+/// anyway, and mapping each Deployment of the cluster to its policies then costs O(Deployments ×
+/// policies). Later relists do wake (they may hold changes a broken watch missed).
+fn after_first_list<K>(
+    event: std::result::Result<watcher::Event<K>, watcher::Error>,
+) -> futures::future::Ready<Option<std::result::Result<K, watcher::Error>>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static LISTED: AtomicBool = AtomicBool::new(false);
+    futures::future::ready(match event {
+        Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => Some(Ok(o)),
+        Ok(watcher::Event::InitApply(o)) if LISTED.load(Ordering::Relaxed) => Some(Ok(o)),
+        Ok(watcher::Event::InitDone) => {
+            LISTED.store(true, Ordering::Relaxed);
+            None
+        }
+        Ok(_) => None,
+        Err(e) => Some(Err(e)),
+    })
 }
 
 /// Read from the raw object, so that it works for a policy that cannot be decoded too.
@@ -267,6 +297,14 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Requeue
         .await
         .map_err(|e| match e {
             FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e,
+            // 422: the JSON patch's test saw other finalizers than the cached policy: a stale
+            // cache (the policy changed meanwhile), retried at once like a conflict.
+            FinalizerError::AddFinalizer(kube::Error::Api(s))
+            | FinalizerError::RemoveFinalizer(kube::Error::Api(s))
+                if s.code == 422 && s.details.as_ref().is_none_or(|d| d.causes.is_empty()) =>
+            {
+                Error::Conflict(s.message)
+            }
             FinalizerError::AddFinalizer(e) | FinalizerError::RemoveFinalizer(e) => Error::Kube(e),
             FinalizerError::UnnamedObject | FinalizerError::InvalidFinalizer => Error::MissingField("metadata.name"),
         });

@@ -19,9 +19,15 @@ use crate::policy::types::RolloutPolicy;
 use crate::scale::hpa;
 
 /// FNV-1a over the pod template's JSON: stable across daemon versions and restarts, unlike
-/// `DefaultHasher`, because it is recorded in status.
+/// `DefaultHasher`, because it is recorded in status. A cached Deployment holds the hash instead
+/// of the template (see [`super::slim::deployment`]); a real one always has a pod spec.
 pub fn template_hash(d: &Deployment) -> String {
     let template = &d.spec.template;
+    if template.spec.is_none()
+        && let Some(hash) = d.annotations().get(super::slim::TEMPLATE_HASH)
+    {
+        return hash.clone();
+    }
     let hash = crate::hash::fnv1a64(serde_json::to_vec(&template).unwrap_or_default());
     format!("{hash:016x}")
 }
@@ -87,12 +93,16 @@ impl Fresh {
         let hpas = kube::Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns)
             .list(&lp)
             .await?;
-        let deployments = kube::Api::<Deployment>::namespaced(client.clone(), &ns)
-            .list(&lp)
-            .await?;
+        // The two Deployments by name: a list would read every Deployment of the namespace.
+        let api = kube::Api::<Deployment>::namespaced(client.clone(), &ns);
+        let mut deployments = Vec::new();
+        let canary = policy.spec.canary.as_ref().map(|c| c.deployment.as_str());
+        for name in std::iter::once(stable.deployment.as_str()).chain(canary) {
+            deployments.extend(api.get_opt(name).await?);
+        }
         Ok(Some(Fresh {
             hpas: hpas.items,
-            deployments: deployments.items,
+            deployments,
         }))
     }
 }
