@@ -17,6 +17,8 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use canaryd::policy::types::{Phase, RolloutPolicy};
 use fixture::{Seed, cli, ensure, fail_with_logs, operator_kubeconfig, seed, start_daemon};
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
@@ -383,10 +385,15 @@ async fn a_rollout_is_told_to_slack_teams_and_a_webhook_across_a_restart() -> Re
             format!("final message: {last}"),
         )?;
 
-        // Secrets never reach the logs; the failing target is named.
+        // Secrets never reach the logs, the status or the Events; the failing target is named.
         let logs = format!("{first_logs}{}", log_text(&daemon));
+        let status = serde_json::to_string(&done.status)?;
+        let events: Api<Event> = Api::namespaced(seed.client.clone(), &seed.ns);
+        let events = serde_json::to_string(&events.list(&Default::default()).await?.items)?;
         for secret in [TOKEN, "xoxb-wrong", HOOK_SECRET, "s1gning"] {
             ensure(!logs.contains(secret), format!("{secret} in the daemon's logs"))?;
+            ensure(!status.contains(secret), format!("{secret} in the status"))?;
+            ensure(!events.contains(secret), format!("{secret} in an Event"))?;
         }
         ensure(
             logs.contains("ntf-badslack") && logs.contains("invalid_auth"),

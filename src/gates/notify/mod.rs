@@ -422,6 +422,7 @@ impl Notifier {
             if !self.leader.may_write() {
                 continue;
             }
+            let mut present: HashSet<PolicyKey> = HashSet::new();
             for obj in self.policies.state() {
                 if obj.data.pointer("/spec/notifications/0").is_none() {
                     continue;
@@ -431,6 +432,7 @@ impl Notifier {
                 };
                 let ns = policy.namespace().unwrap_or_default();
                 let name = policy.name_any();
+                present.insert((ns.clone(), name.clone()));
                 let mut seen = HashSet::new();
                 for n in &policy.spec.notifications {
                     if !seen.insert(n.target.as_str()) || !self.has_work(&policy, n) {
@@ -449,6 +451,12 @@ impl Notifier {
                     });
                 }
             }
+            // Forget policies that are gone or no longer notify.
+            let mut state = self.state();
+            let kept = |(ns, name, _): &TargetKey| present.contains(&(ns.clone(), name.clone()));
+            state.backoff.retain(|k, _| kept(k));
+            state.reported.retain(kept);
+            state.writes.retain(|k, _| present.contains(k));
         }
     }
 

@@ -241,6 +241,104 @@ mod tests {
         assert!(actions(&blocks(&message(Phase::WaitingForApproval), None)).is_empty());
     }
 
+    type Calls = std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>;
+
+    /// A Slack Web API stand-in on loopback: `message_not_found` for chat.update of ts "gone".
+    async fn stand() -> (String, Calls) {
+        use axum::extract::{Path, State};
+        let calls = Calls::default();
+        let app = axum::Router::new()
+            .route(
+                "/api/{method}",
+                axum::routing::post(
+                    |State(calls): State<Calls>, Path(method): Path<String>, body: axum::Json<Value>| async move {
+                        let body = body.0;
+                        let answer = if method == "chat.update" && body["ts"] == "gone" {
+                            json!({"ok": false, "error": "message_not_found"})
+                        } else {
+                            json!({"ok": true, "channel": "C9", "ts": format!("1.{}", calls.lock().map(|c| c.len()).unwrap_or(0))})
+                        };
+                        if let Ok(mut c) = calls.lock() {
+                            c.push((method, body));
+                        }
+                        axum::Json(answer)
+                    },
+                ),
+            )
+            .with_state(calls.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let base = format!("http://{}/api", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, calls)
+    }
+
+    fn methods(calls: &Calls) -> Vec<String> {
+        calls
+            .lock()
+            .map(|c| c.iter().map(|(m, _)| m.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_new_rollout_posts_a_new_message_later_transitions_update_it_and_reply_in_its_thread() {
+        let (base, calls) = stand().await;
+        let http = Http::new(std::time::Duration::from_secs(2)).unwrap_or_else(|e| panic!("{e}"));
+        let token = Secret::new("xoxb-t".into());
+        let channel = super::super::Channel::SlackBot {
+            api_url: base,
+            token,
+            channel: "C9".into(),
+            buttons: false,
+        };
+        let mut entry = crate::policy::types::NotificationStatus::default();
+        let mut m = message(Phase::Progressing);
+        m.reason = "RolloutStarted".into();
+        let sent = channel.send(&http, "t", &m, &mut entry).await;
+        assert!(sent.is_ok(), "{sent:?}");
+        let first = entry.slack.clone();
+        assert_eq!(first.as_ref().map(|s| s.channel.as_str()), Some("C9"));
+        m.reason = "WeightChanged".into();
+        assert!(channel.send(&http, "t", &m, &mut entry).await.is_ok());
+        assert_eq!(entry.slack, first, "later transitions keep the message");
+        assert_eq!(methods(&calls), ["chat.postMessage", "chat.update", "chat.postMessage"]);
+        let reply = calls.lock().map(|c| c[2].1.clone()).unwrap_or_default();
+        assert_eq!(reply["thread_ts"], json!(first.as_ref().map(|s| s.ts.clone())));
+        // The next rollout: a new message.
+        m.reason = "RolloutStarted".into();
+        assert!(channel.send(&http, "t", &m, &mut entry).await.is_ok());
+        assert_ne!(entry.slack, first);
+        assert_eq!(methods(&calls).len(), 4);
+        // A deleted message is replaced, not retried forever.
+        entry.slack = Some(SlackMessage {
+            channel: "C9".into(),
+            ts: "gone".into(),
+        });
+        m.reason = "Promoted".into();
+        assert!(channel.send(&http, "t", &m, &mut entry).await.is_ok());
+        assert_ne!(entry.slack.as_ref().map(|s| s.ts.as_str()), Some("gone"));
+        assert_eq!(methods(&calls)[4..], ["chat.update", "chat.postMessage"]);
+    }
+
+    #[tokio::test]
+    async fn ok_false_is_a_failure_naming_slacks_error() {
+        let (base, _) = stand().await;
+        let http = Http::new(std::time::Duration::from_secs(2)).unwrap_or_else(|e| panic!("{e}"));
+        let token = Secret::new("xoxb-t".into());
+        let bot = Bot {
+            api_url: &base,
+            token: &token,
+            channel: "C9",
+            buttons_for: None,
+        };
+        let e = bot.call(&http, "chat.update", &json!({"ts": "gone"})).await.err();
+        assert_eq!(
+            e.map(|e| e.to_string()).as_deref(),
+            Some("Slack refused: chat.update: message_not_found")
+        );
+    }
+
     #[test]
     fn a_rollback_says_which_metric_failed_and_by_how_much() {
         let b = blocks(&message(Phase::RolledBack), Some("t")).to_string();
