@@ -361,7 +361,7 @@ async fn serve_approvals(
     client: &kube::Client,
     addr: SocketAddr,
     options: &Options,
-) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let identity = cli::whoami(client)
         .await
         .context("the approvals listener needs the daemon's own user name (SelfSubjectReview)")?;
@@ -377,5 +377,5 @@ async fn serve_approvals(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving the approval API and /slack/interactivity");
     let app = canaryd::gates::api::router(approvals);
-    Ok(tokio::spawn(async move { axum::serve(listener, app).await }))
+    Ok(tokio::spawn(canaryd::gates::api::serve(listener, app)))
 }

@@ -110,6 +110,9 @@ async fn approval_api_acts_only_for_a_token_that_may_promote() -> Result<()> {
         .await?;
         let ns = seed.ns.as_str();
 
+        // A client that never finishes its headers is cut off (5 s), not held for ever.
+        slow_headers_are_cut_off(&url).await?;
+
         // No token, a token the API server does not know: 401.
         let (code, a) = api_call(&url, ns, POLICY, "promote", None).await?;
         ensure(
@@ -196,6 +199,22 @@ async fn approval_api_acts_only_for_a_token_that_may_promote() -> Result<()> {
         Ok(())
     };
     run.await.map_err(|e| fixture::fail_with_logs(&daemon, e))
+}
+
+async fn slow_headers_are_cut_off(url: &str) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(b"POST /slack/interactivity HTTP/1.1\r\nHost: canaryd\r\n")
+        .await?;
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(15), conn.read_to_end(&mut rest)).await;
+    let took = started.elapsed();
+    ensure(
+        closed.is_ok() && took >= Duration::from_secs(4),
+        format!("slow headers: closed={} after {took:?}", closed.is_ok()),
+    )
 }
 
 async fn forged_on_behalf_is_refused(seed: &Seed, client: Client, user: &str) -> Result<()> {

@@ -97,6 +97,43 @@ pub fn router(approvals: Approvals) -> Router {
         .with_state(approvals)
 }
 
+/// Request headers must arrive within this (a connection-level bound; the body is within
+/// [`REQUEST_TIMEOUT`]).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Serves `app` over HTTP/1.1 with [`HEADER_TIMEOUT`] and [`MAX_CONNECTIONS`] (`axum::serve` sets
+/// no header timeout, so a client sending its headers slowly would hold a connection for ever).
+pub async fn serve(listener: tokio::net::TcpListener, app: Router) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(error = %e, "approvals listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            continue; // dropping the stream closes it
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "approvals connection ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
 async fn deadline(request: Request, next: Next) -> Response {
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(response) => response,
