@@ -294,3 +294,22 @@ fn post_rollout_is_told_of_an_abort_once() {
 fn reason(st: &RolloutPolicyStatus) -> String {
     st.history.last().map(|t| t.reason.clone()).unwrap_or_default()
 }
+
+#[test]
+fn promote_full_does_not_skip_a_webhook_gate() {
+    let mut sim = with(
+        vec![hook("cab", HookType::ConfirmPromotion, 0)],
+        vec![w(10), pause(None), w(100)],
+    );
+    sim.settle();
+    assert_eq!((sim.canary_weight(), sim.status.phase), (10, Phase::WaitingForApproval));
+    sim.obs.command = cmd("p1", CommandKind::PromoteFull);
+    sim.settle();
+    assert_eq!(
+        (sim.canary_weight(), reason(&sim.status)),
+        (10, "WaitingForWebhook".into())
+    );
+    sim.answer("cab", true, 0);
+    sim.settle();
+    assert_eq!(sim.status.phase, Phase::Succeeded);
+}
