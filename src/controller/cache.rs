@@ -98,7 +98,9 @@ where
 {
     let writer = Writer::new(dyntype);
     let reader = writer.as_reader();
-    let watch = watcher(api, watcher::Config::default().any_semantic())
+    // Paged lists (500 a page): `any_semantic` lists are served whole from the API server's cache,
+    // so every object of the cluster would be decoded at once before the store trims it.
+    let watch = watcher(api, watcher::Config::default())
         .modify(slim)
         .backoff(WatchBackoff::default())
         .inspect(move |item| health.watch_item(kind, item));
