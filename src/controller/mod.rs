@@ -400,6 +400,7 @@ impl RolloutPolicy {
                 };
             }
         }
+        ctx.hooks.want(key.clone(), wanted);
         let request = analysis::request(
             &ctx.client,
             &ctx.caches,
@@ -409,7 +410,6 @@ impl RolloutPolicy {
             &seen.versions,
         )
         .await?;
-        ctx.hooks.want(key.clone(), wanted);
         ctx.engine.want(key, request);
         ctx.metrics.record_policy(self, &plan.status);
         Ok(match plan.requeue {
