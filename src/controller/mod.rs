@@ -454,6 +454,7 @@ impl RolloutPolicy {
                 };
             }
         }
+        ctx.hooks.want(key.clone(), wanted);
         let request = analysis::request(
             &ctx.client,
             &ctx.caches,
@@ -463,7 +464,6 @@ impl RolloutPolicy {
             &seen.versions,
         )
         .await?;
-        ctx.hooks.want(key.clone(), wanted);
         ctx.engine.want(key, request);
         ctx.metrics.record_policy(self, &plan.status);
         Ok(match plan.requeue {
