@@ -592,7 +592,7 @@ impl Approvals {
         let bound = Binding {
             kind: click.kind,
             canary: v.canary.clone(),
-            step: v.step,
+            step: Some(v.step),
             on_behalf_of: click.person(),
         };
         let name = click.command_name();

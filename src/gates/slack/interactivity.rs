@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::gates::commands::CommandKind;
@@ -19,8 +19,7 @@ use crate::policy::types::RolloutPolicy;
 /// Slack's replay window: a request whose timestamp is further from now, either way, is refused.
 pub const MAX_SKEW: Duration = Duration::from_secs(5 * 60);
 
-pub const PROMOTE_ACTION: &str = "canaryd:promote";
-pub const ABORT_ACTION: &str = "canaryd:abort";
+pub use super::button::{ABORT_ACTION, ButtonValue, PROMOTE_ACTION};
 
 /// Why a request is not from Slack. Displayed to the caller as one word, nothing more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -90,20 +89,6 @@ pub fn verify(
     now: i64,
 ) -> Result<Vec<usize>, Unverified> {
     matching(&precheck(timestamp, signature, now)?, secrets, body)
-}
-
-/// What a canaryd button carries (set by the notifier): the rollout and gate the message was about.
-#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ButtonValue {
-    pub ns: String,
-    pub policy: String,
-    /// `status.canary.templateHash` when the message was posted.
-    pub canary: String,
-    /// `status.step` when the message was posted.
-    pub step: Option<u32>,
-    /// The NotificationTarget that posted it.
-    pub target: String,
 }
 
 /// Why a payload is not a canaryd button click.
@@ -182,7 +167,7 @@ impl Click {
     /// double click or a replayed request meets the first command (AlreadyExists).
     pub fn command_name(&self) -> String {
         let v = &self.value;
-        let step = v.step.map_or_else(|| "none".to_string(), |s| s.to_string());
+        let step = v.step.to_string();
         let mut h = Sha256::new();
         for part in [&v.ns, &v.policy, &v.canary, &step, self.kind.as_str()] {
             h.update(part.as_bytes());
@@ -427,7 +412,7 @@ mod tests {
                 ns: "dev".into(),
                 policy: "app".into(),
                 canary: "abc".into(),
-                step: Some(1),
+                step: 1,
                 target: "team".into()
             }
         );
@@ -440,7 +425,7 @@ mod tests {
         );
         assert_ne!(click.command_name(), abort.command_name());
         let mut other = click.clone();
-        other.value.step = Some(3);
+        other.value.step = 3;
         assert_ne!(click.command_name(), other.command_name());
         assert!(click.command_name().starts_with("app-slack-promote-"));
     }
