@@ -526,21 +526,6 @@ async fn run(o: &Opts) -> Result<String> {
         .map(|(_, v)| *v)
         .unwrap_or(0.0);
 
-    // What the checks said (a Pass needs the filtered grouped queries to find the canary's series).
-    let mut verdicts: BTreeMap<String, usize> = BTreeMap::new();
-    for i in 0..o.progressing {
-        let p = policies.get(&format!("app-{i}")).await?;
-        let metrics = p
-            .data
-            .pointer("/status/analysis/metrics")
-            .and_then(Value::as_array)
-            .cloned();
-        for m in metrics.unwrap_or_default() {
-            let v = m.get("verdict").and_then(Value::as_str).unwrap_or("none").to_string();
-            *verdicts.entry(v).or_default() += 1;
-        }
-    }
-    eprintln!("last check of the progressing policies, metric verdicts: {verdicts:?}");
     let (rss_end, hwm, _) = proc_figures(pid).context("daemon gone")?;
     let peak_sampled = samples
         .lock()

@@ -98,9 +98,7 @@ where
 {
     let writer = Writer::new(dyntype);
     let reader = writer.as_reader();
-    // Paged lists (500 a page): `any_semantic` lists are served whole from the API server's cache,
-    // so every object of the cluster would be decoded at once before the store trims it.
-    let watch = watcher(api, watcher::Config::default())
+    let watch = watcher(api, watcher::Config::default().any_semantic())
         .modify(slim)
         .backoff(WatchBackoff::default())
         .inspect(move |item| health.watch_item(kind, item));

@@ -153,7 +153,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
     let watch_health = health.clone();
     let policy_stream = reflector::reflector(
         writer,
-        watcher(policies, watcher::Config::default())
+        watcher(policies, watcher::Config::default().any_semantic())
             .modify(slim::dynamic)
             .backoff(cache::WatchBackoff::default())
             .inspect(move |item| watch_health.watch_item("rolloutpolicies", item)),
