@@ -110,20 +110,18 @@ async fn resolve(secrets: &Api<Secret>, provider: &MetricProvider) -> Result<Res
     Ok((address, credentials, ca_pem))
 }
 
+/// One key of a Secret, from `data` or (not yet folded by the API server) `stringData`.
+pub(crate) fn secret_bytes(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+    let data = secret.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.clone());
+    data.or_else(|| {
+        let strings = secret.string_data.as_ref()?;
+        strings.get(key).map(|s| s.clone().into_bytes())
+    })
+}
+
 pub(crate) async fn secret_value(secrets: &Api<Secret>, r: &SecretKeyRef) -> Result<String> {
     let secret = secrets.get(&r.name).await?;
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&r.key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(&r.key))
-                .map(|s| s.clone().into_bytes())
-        })
+    let bytes = secret_bytes(&secret, &r.key)
         .ok_or_else(|| Error::Secret(format!("Secret {} has no key {:?}", r.name, r.key)))?;
     String::from_utf8(bytes).map_err(|_| Error::Secret(format!("Secret {} key {:?} is not UTF-8", r.name, r.key)))
 }

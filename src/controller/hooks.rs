@@ -70,18 +70,7 @@ fn credential(secret: &Secret, r: &SecretKeyRef, url: &str, ns: &str) -> Credent
             "its {ALLOWED_URLS_ANNOTATION} annotation does not allow this URL"
         ));
     }
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&r.key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(&r.key))
-                .map(|s| s.clone().into_bytes())
-        });
+    let value = super::analysis::secret_bytes(secret, &r.key);
     match value.map(String::from_utf8) {
         Some(Ok(token)) => Credential::Bearer(Bearer(token.trim().to_string())),
         Some(Err(_)) => refused(&format!("key {:?} is not UTF-8", r.key)),
