@@ -85,7 +85,7 @@ impl Default for Metrics {
             reconcile_duration.clone(),
         );
         registry.register("weight_changes", "VirtualService weight writes", weight_changes.clone());
-        registry.register("rollout_phase", "1 for the phase each policy is in", phase.clone());
+        registry.register("rollout_phase", "The phase each policy is in (value 1)", phase.clone());
         registry.register(
             "canary_weight_percent",
             "Traffic share of the canary",
@@ -148,23 +148,43 @@ impl Metrics {
         self.reconciles.get_or_create(&labels).inc();
     }
 
+    /// One series per policy for its phase (the phase it is in, value 1) and one for its weight:
+    /// a series per phase and policy would cost more memory than the policy itself at scale.
     pub fn record_policy(&self, policy: &RolloutPolicy, status: &RolloutPolicyStatus) {
         let namespace = policy.namespace().unwrap_or_default();
         let name = policy.name_any();
-        for phase in Phase::ALL {
-            let labels = PhaseLabels {
-                namespace: namespace.clone(),
-                policy: name.clone(),
-                phase: phase.as_str(),
-            };
-            self.phase.get_or_create(&labels).set(i64::from(phase == status.phase));
-        }
+        self.forget_phases(&namespace, &name, Some(status.phase));
+        let labels = PhaseLabels {
+            namespace: namespace.clone(),
+            policy: name.clone(),
+            phase: status.phase.as_str(),
+        };
+        self.phase.get_or_create(&labels).set(1);
         self.canary_weight
             .get_or_create(&PolicyLabels {
                 namespace,
                 policy: name,
             })
             .set(i64::from(status.canary_weight));
+    }
+
+    /// A deleted policy has no series.
+    pub fn forget_policy(&self, namespace: &str, name: &str) {
+        self.forget_phases(namespace, name, None);
+        self.canary_weight.remove(&PolicyLabels {
+            namespace: namespace.to_string(),
+            policy: name.to_string(),
+        });
+    }
+
+    fn forget_phases(&self, namespace: &str, name: &str, except: Option<Phase>) {
+        for phase in Phase::ALL.into_iter().filter(|p| Some(*p) != except) {
+            self.phase.remove(&PhaseLabels {
+                namespace: namespace.to_string(),
+                policy: name.to_string(),
+                phase: phase.as_str(),
+            });
+        }
     }
 
     /// OpenMetrics text.
@@ -175,5 +195,50 @@ impl Metrics {
             let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod policy_series_tests {
+    use super::*;
+    use crate::policy::types::RolloutPolicyStatus;
+
+    fn policy() -> RolloutPolicy {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "canaryd.io/v1alpha1", "kind": "RolloutPolicy",
+            "metadata": {"name": "p", "namespace": "dev"},
+            "spec": {"service": "app", "virtualServices": [{"name": "app"}], "destinationRule": "app",
+                     "stable": {"subset": "v1", "deployment": "app-v1"}, "steps": [{"weight": 100}]},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn phase_lines(m: &Metrics) -> Vec<String> {
+        m.encode()
+            .lines()
+            .filter(|l| l.starts_with("canaryd_rollout_phase{"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_policy_has_one_phase_series_and_none_once_deleted() {
+        let m = Metrics::default();
+        let p = policy();
+        let status = |phase| RolloutPolicyStatus {
+            phase,
+            ..RolloutPolicyStatus::default()
+        };
+        m.record_policy(&p, &status(Phase::Progressing));
+        m.record_policy(&p, &status(Phase::RolledBack));
+        let lines = phase_lines(&m);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains(r#"phase="RolledBack""#) && lines[0].ends_with(" 1"),
+            "{lines:?}"
+        );
+        m.forget_policy("dev", "p");
+        assert!(phase_lines(&m).is_empty());
+        assert!(!m.encode().contains("canaryd_canary_weight_percent{"));
     }
 }

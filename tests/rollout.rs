@@ -158,6 +158,60 @@ async fn seed_scenario_walks_to_v2_touching_only_weights() -> Result<()> {
     run.await.map_err(|e| fixture::fail_with_logs(&daemon, e))
 }
 
+/// A policy at rest changes nothing, so it has no finalizer (deleting it needs no cleanup) and no
+/// Event: one status write each when a fleet of them appears at once. The finalizer comes before
+/// the first change, the weights of a rollout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_at_rest_gets_its_finalizer_only_before_its_first_change() -> Result<()> {
+    let seed = seed("atrest").await?;
+    let daemon = start_daemon(&seed.ns).await?;
+    let run = async {
+        let with_canary = seed.policy_yaml();
+        let at_rest: String = with_canary
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("canary:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        seed.apply(&at_rest).await?;
+        let healthy = seed
+            .wait_policy(POLICY, "Healthy", T, |p| {
+                p.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == Phase::Healthy && s.observed_generation == p.metadata.generation)
+            })
+            .await?;
+        ensure(
+            healthy.metadata.finalizers.as_deref().unwrap_or_default().is_empty(),
+            format!("finalizers at rest: {:?}", healthy.metadata.finalizers),
+        )?;
+        ensure(
+            seed.events(POLICY, "NoCanary").await?.is_empty(),
+            "no Event for a policy first seen at rest",
+        )?;
+        // A canary: the finalizer is there by the time the weights move.
+        seed.apply(&with_canary).await?;
+        seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 90), ("v2", 10)], T)
+            .await?;
+        let rolling = seed.policy(POLICY).await?;
+        ensure(
+            rolling
+                .metadata
+                .finalizers
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|f| f == "canaryd.io/cleanup"),
+            format!("finalizers while rolling out: {:?}", rolling.metadata.finalizers),
+        )?;
+        ensure(
+            !seed.events(POLICY, "RolloutStarted").await?.is_empty(),
+            "the rollout's start has its Event",
+        )?;
+        Ok(())
+    };
+    run.await.map_err(|e| fixture::fail_with_logs(&daemon, e))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_virtual_services_are_stepped_together() -> Result<()> {
     let seed = seed("twovs").await?;

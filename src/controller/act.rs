@@ -302,6 +302,8 @@ pub async fn write_status(policy: &RolloutPolicy, ctx: &Context, status: &Rollou
         .await
     {
         Ok(_) => {
+            let key = (ns, policy.name_any());
+            ctx.superseded.record(&key, policy.metadata.resource_version.as_deref());
             crate::failpoint!(
                 "after-status",
                 format!("{}/{}", status.phase.as_str(), status.canary_weight)

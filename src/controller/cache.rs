@@ -11,7 +11,7 @@ use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -22,29 +22,26 @@ use crate::error::{Error, Result};
 use crate::gates::commands::RolloutCommand;
 use crate::gates::target::NotificationTarget;
 use crate::http::Health;
-use crate::mesh::istio::{destination_rule_resource, virtual_service_resource};
 use crate::policy::provider::MetricProvider;
 
-use super::slim;
+use super::slim::{self, SlimDeployment, SlimDestinationRule, SlimService, SlimVirtualService};
 
 /// How often the daemon says why its caches have not filled yet (RBAC, missing CRD).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Caches {
-    pub services: Store<Service>,
-    pub deployments: Store<Deployment>,
+    pub services: Store<SlimService>,
+    pub deployments: Store<SlimDeployment>,
     pub hpas: Store<HorizontalPodAutoscaler>,
     /// VirtualServices and DestinationRules of every namespace: policies may name other namespaces.
-    pub virtual_services: Store<DynamicObject>,
-    pub destination_rules: Store<DynamicObject>,
+    pub virtual_services: Store<SlimVirtualService>,
+    pub destination_rules: Store<SlimDestinationRule>,
     /// RolloutCommands (of `namespace`, or everywhere) and the cluster's MetricProviders.
     pub commands: Store<RolloutCommand>,
     pub providers: Store<MetricProvider>,
     /// The cluster's NotificationTargets (read by the notifier).
     pub targets: Store<NotificationTarget>,
-    vs_resource: ApiResource,
-    dr_resource: ApiResource,
     /// True once every store had its first list. (A store's own readiness wakes only one waiter.)
     synced: tokio::sync::watch::Receiver<bool>,
 }
@@ -126,19 +123,11 @@ impl Caches {
                 None => Api::all(client.clone()),
             }
         }
-        let vs_resource = virtual_service_resource();
-        let dr_resource = destination_rule_resource();
         let h = || health.clone();
         let (synced_tx, synced) = tokio::sync::watch::channel(false);
         let caches = Caches {
-            services: spawn(api::<Service>(client, namespace), (), "services", h(), slim::service),
-            deployments: spawn(
-                api::<Deployment>(client, namespace),
-                (),
-                "deployments",
-                h(),
-                slim::deployment,
-            ),
+            services: spawn(api::<SlimService>(client, namespace), (), "services", h(), |_| {}),
+            deployments: spawn(api::<SlimDeployment>(client, namespace), (), "deployments", h(), |_| {}),
             hpas: spawn(
                 api::<HorizontalPodAutoscaler>(client, namespace),
                 (),
@@ -146,20 +135,8 @@ impl Caches {
                 h(),
                 slim::hpa,
             ),
-            virtual_services: spawn(
-                Api::all_with(client.clone(), &vs_resource),
-                vs_resource.clone(),
-                "virtualservices",
-                h(),
-                slim::dynamic,
-            ),
-            destination_rules: spawn(
-                Api::all_with(client.clone(), &dr_resource),
-                dr_resource.clone(),
-                "destinationrules",
-                h(),
-                slim::dynamic,
-            ),
+            virtual_services: spawn(Api::all(client.clone()), (), "virtualservices", h(), |_| {}),
+            destination_rules: spawn(Api::all(client.clone()), (), "destinationrules", h(), |_| {}),
             commands: spawn_notifying(
                 api::<RolloutCommand>(client, namespace),
                 (),
@@ -176,8 +153,6 @@ impl Caches {
             targets: spawn(Api::all(client.clone()), (), "notificationtargets", h(), |t| {
                 slim::meta(&mut t.metadata)
             }),
-            vs_resource,
-            dr_resource,
             synced,
         };
         tokio::spawn(caches.clone().announce_sync(synced_tx, health.clone()));
@@ -226,25 +201,27 @@ impl Caches {
             .map_err(|_| Error::Cache("the object caches stopped before they synced".into()))
     }
 
-    pub fn service(&self, ns: &str, name: &str) -> Option<std::sync::Arc<Service>> {
-        self.services.get(&ObjectRef::new(name).within(ns))
+    /// The cached Service, as the type a reconcile reads.
+    pub fn service(&self, ns: &str, name: &str) -> Option<Arc<Service>> {
+        let s = self.services.get(&ObjectRef::new(name).within(ns))?;
+        Some(Arc::new(s.to_service()))
     }
 
-    pub fn deployment(&self, ns: &str, name: &str) -> Option<std::sync::Arc<Deployment>> {
-        self.deployments.get(&ObjectRef::new(name).within(ns))
+    /// The cached Deployment, as the type a reconcile reads.
+    pub fn deployment(&self, ns: &str, name: &str) -> Option<Arc<Deployment>> {
+        let d = self.deployments.get(&ObjectRef::new(name).within(ns))?;
+        Some(Arc::new(d.to_deployment()))
     }
 
-    pub fn provider(&self, name: &str) -> Option<std::sync::Arc<MetricProvider>> {
+    pub fn provider(&self, name: &str) -> Option<Arc<MetricProvider>> {
         self.providers.get(&ObjectRef::new(name))
     }
 
-    pub fn virtual_service(&self, ns: &str, name: &str) -> Option<std::sync::Arc<DynamicObject>> {
-        self.virtual_services
-            .get(&ObjectRef::new_with(name, self.vs_resource.clone()).within(ns))
+    pub fn virtual_service(&self, ns: &str, name: &str) -> Option<Arc<SlimVirtualService>> {
+        self.virtual_services.get(&ObjectRef::new(name).within(ns))
     }
 
-    pub fn destination_rule(&self, ns: &str, name: &str) -> Option<std::sync::Arc<DynamicObject>> {
-        self.destination_rules
-            .get(&ObjectRef::new_with(name, self.dr_resource.clone()).within(ns))
+    pub fn destination_rule(&self, ns: &str, name: &str) -> Option<Arc<SlimDestinationRule>> {
+        self.destination_rules.get(&ObjectRef::new(name).within(ns))
     }
 }

@@ -11,6 +11,7 @@ mod hooks;
 pub mod leader;
 pub mod observe;
 pub mod slim;
+mod superseded;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use futures::StreamExt;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter};
@@ -35,12 +36,16 @@ use crate::error::{Error, Result};
 use crate::gates::runner::Runner;
 use crate::http::{Health, RESYNC};
 use crate::metrics::Metrics;
-use crate::plan::plan;
+use crate::plan::{Action, plan};
 use crate::policy::types::Phase;
 use crate::policy::types::RolloutPolicy;
 use leader::LeaderGuard;
+use slim::SlimPolicy;
 
 const ERROR_BACKOFF: Duration = Duration::from_secs(5);
+
+/// When the cached policy is one this daemon already wrote over: look again if the watch is slow.
+const STALE_RETRY: Duration = Duration::from_secs(2);
 
 /// Reconciles in flight at once. Unbounded, a start with thousands of policies opens a connection
 /// (and a TLS handshake) per reconcile and floods the API server; a few dozen keep it busy.
@@ -69,13 +74,8 @@ pub struct Context {
     /// Checked before every write: false once this replica may have lost the Lease.
     pub leader: LeaderGuard,
     pub health: Arc<Health>,
-    policy_resource: ApiResource,
-}
-
-/// The RolloutPolicy kind, read as untyped objects: one policy that cannot be decoded must not
-/// fail the list (and so the watch) of all the others.
-fn policy_resource() -> ApiResource {
-    ApiResource::erase::<RolloutPolicy>(&())
+    /// Policy versions this daemon wrote over, until the cache catches up.
+    pub superseded: superseded::Superseded,
 }
 
 /// Wakes a policy out of turn: the analysis engine when a check of it is done, the command cache
@@ -104,15 +104,11 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         leader,
         health,
     } = parts;
-    caches.ready().await?;
+    // The policies are listed while the other caches fill; reconciles and the notifier wait for those.
     let namespace = options.namespace.as_deref();
-    let resource = policy_resource();
-    let (policies, deployments): (Api<DynamicObject>, Api<PartialObjectMeta<Deployment>>) = match namespace {
-        Some(ns) => (
-            Api::namespaced_with(client.clone(), ns, &resource),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all_with(client.clone(), &resource), Api::all(client.clone())),
+    let (policies, deployments): (Api<SlimPolicy>, Api<PartialObjectMeta<Deployment>>) = match namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let reporter = Reporter {
         controller: "canaryd".into(),
@@ -132,9 +128,9 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         hooks,
         leader,
         health: health.clone(),
-        policy_resource: resource.clone(),
+        superseded: superseded::Superseded::default(),
     });
-    let writer = Writer::new(resource.clone());
+    let writer = Writer::default();
     let store = writer.as_reader();
     // Notifications run beside the reconciles, never inside them: a slow receiver cannot hold one.
     match crate::gates::notify::Notifier::new(
@@ -146,17 +142,31 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         Recorder::new(ctx.client.clone(), reporter),
     ) {
         Ok(notifier) => {
-            tokio::spawn(Arc::new(notifier).run());
+            let caches = ctx.caches.clone();
+            tokio::spawn(async move {
+                if caches.ready().await.is_ok() {
+                    Arc::new(notifier).run().await;
+                }
+            });
         }
         Err(e) => warn!(error = %e, "notifications are off: no HTTP client"),
     }
     let watch_health = health.clone();
+    let forget = ctx.clone();
     let policy_stream = reflector::reflector(
         writer,
         watcher(policies, watcher::Config::default().any_semantic())
-            .modify(slim::dynamic)
             .backoff(cache::WatchBackoff::default())
-            .inspect(move |item| watch_health.watch_item("rolloutpolicies", item)),
+            .inspect(move |item| {
+                watch_health.watch_item("rolloutpolicies", item);
+                // A policy deleted without the finalizer (it never changed anything) is not
+                // reconciled again: its series and records go here.
+                if let Ok(watcher::Event::Delete(p)) = item {
+                    let key = (p.namespace().unwrap_or_default(), p.name_any());
+                    forget.metrics.forget_policy(&key.0, &key.1);
+                    forget.superseded.forget(&key);
+                }
+            }),
     )
     .applied_objects();
     // With no policy there is nothing to reconcile: the loop is idle, not stuck.
@@ -171,7 +181,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         }
     });
     health.loop_beat();
-    let controller = Controller::for_stream_with(policy_stream, store.clone(), resource.clone())
+    let controller = Controller::for_stream(policy_stream, store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY));
     controller
         // Only the name is read: the metadata of Deployments, not their bodies.
@@ -186,15 +196,12 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
                 store
                     .state()
                     .into_iter()
-                    .filter(|p| p.namespace() == ns && names_deployment(p, &name))
-                    .map(|p| ObjectRef::from_obj_with(&*p, resource.clone()))
+                    .filter(|p| p.namespace() == ns && p.names_deployment(&name))
+                    .map(|p| ObjectRef::from_obj(&*p))
                     .collect::<Vec<_>>()
             },
         )
-        .reconcile_on(woken.map({
-            let resource = policy_resource();
-            move |(ns, name)| ObjectRef::new_with(&name, resource.clone()).within(&ns)
-        }))
+        .reconcile_on(woken.map(|(ns, name)| ObjectRef::new(&name).within(&ns)))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -226,17 +233,6 @@ fn after_first_list<K>(
     })
 }
 
-/// Read from the raw object, so that it works for a policy that cannot be decoded too.
-fn names_deployment(p: &DynamicObject, name: &str) -> bool {
-    [
-        "/spec/stable/deployment",
-        "/spec/canary/deployment",
-        "/status/stable/deployment",
-    ]
-    .iter()
-    .any(|path| p.data.pointer(path).and_then(Value::as_str) == Some(name))
-}
-
 /// Why a stored policy cannot be decoded, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError {
@@ -251,8 +247,12 @@ impl std::fmt::Display for DecodeError {
 }
 
 /// The typed policy, or the field that keeps it from being one.
-pub fn decode(obj: &DynamicObject) -> std::result::Result<RolloutPolicy, DecodeError> {
-    let value = serde_json::to_value(obj).map_err(|e| DecodeError {
+pub fn decode(obj: &SlimPolicy) -> std::result::Result<RolloutPolicy, DecodeError> {
+    // Straight from the text, as every resync does; the slower path below only names the field.
+    if let Ok(policy) = obj.to_json_text().and_then(|t| serde_json::from_str(&t)) {
+        return Ok(policy);
+    }
+    let value = obj.to_value().map_err(|e| DecodeError {
         field: ".".into(),
         message: e.to_string(),
     })?;
@@ -265,19 +265,36 @@ pub fn decode(obj: &DynamicObject) -> std::result::Result<RolloutPolicy, DecodeE
 /// Removed only after the policy's changes are undone (traffic to stable, HPAs restored).
 pub const FINALIZER: &str = "canaryd.io/cleanup";
 
-async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Requeue> {
+async fn reconcile(obj: Arc<SlimPolicy>, ctx: Arc<Context>) -> Result<Requeue> {
+    // Observing reads the caches: nothing is decided before their first list.
+    ctx.caches.ready().await?;
     let ns = obj.namespace().unwrap_or_default();
+    let key: Key = (ns.clone(), obj.name_any());
+    if ctx.superseded.is_stale(&key, obj.metadata.resource_version.as_deref()) {
+        // The watch brings the newer object, and a reconcile with it; this one is only a fallback.
+        return Ok(Requeue::requeue(STALE_RETRY));
+    }
     let span = info_span!("reconcile", policy = %obj.name_any(), namespace = %ns);
     async move {
         let _running = ctx.health.reconcile_started();
         let started = std::time::Instant::now();
-        // The finalizer helper patches the policy first (adding or removing the finalizer).
         ctx.leader.check()?;
-        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ctx.policy_resource);
+        if !obj.finalizers().iter().any(|f| f == FINALIZER) && obj.metadata.deletion_timestamp.is_none() {
+            // Nothing of ours to undo yet: the pass adds the finalizer before its first change.
+            let result = match decode(&obj) {
+                Ok(p) => p.reconcile(&ctx, false).await,
+                Err(e) => report_undecodable(&obj, &ctx, &e).await,
+            };
+            ctx.metrics
+                .observe_reconcile(started.elapsed(), result.as_ref().err().map(Error::category));
+            return result;
+        }
+        // With the finalizer: the helper runs cleanup on deletion, then removes it.
+        let api: Api<SlimPolicy> = Api::namespaced(ctx.client.clone(), &ns);
         let result = finalizer(&api, FINALIZER, obj, |event| async {
             match event {
                 FinalizerEvent::Apply(o) => match decode(&o) {
-                    Ok(p) => p.reconcile(&ctx).await,
+                    Ok(p) => p.reconcile(&ctx, true).await,
                     Err(e) => report_undecodable(&o, &ctx, &e).await,
                 },
                 FinalizerEvent::Cleanup(o) => {
@@ -316,10 +333,46 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Requeue
     .await
 }
 
+/// Adds the finalizer before the first change canaryd makes for a policy (a policy at rest has
+/// nothing to undo, and a fleet of them created at once costs one write each, not two). The JSON
+/// patch's test makes a stale cached policy fail (422) rather than drop someone else's finalizer;
+/// it is retried at once.
+async fn add_finalizer(ctx: &Context, policy: &RolloutPolicy) -> Result<()> {
+    let finalizers = policy.finalizers();
+    let patch = if finalizers.is_empty() {
+        json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+               {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}])
+    } else {
+        json!([{"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+               {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}])
+    };
+    let patch: json_patch::Patch = serde_json::from_value(patch)?;
+    let key = (policy.namespace().unwrap_or_default(), policy.name_any());
+    let api: Api<SlimPolicy> = Api::namespaced(ctx.client.clone(), &key.0);
+    ctx.leader.check()?;
+    match api
+        .patch(&key.1, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+    {
+        Ok(_) => {
+            ctx.superseded.record(&key, policy.metadata.resource_version.as_deref());
+            Ok(())
+        }
+        Err(kube::Error::Api(s))
+            if s.code == 409 || (s.code == 422 && s.details.as_ref().is_none_or(|d| d.causes.is_empty())) =>
+        {
+            Err(Error::Conflict(s.message))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A policy that cannot be decoded: phase Invalid with the field, one Warning Event; others go on.
-async fn report_undecodable(obj: &DynamicObject, ctx: &Context, e: &DecodeError) -> Result<Requeue> {
+async fn report_undecodable(obj: &SlimPolicy, ctx: &Context, e: &DecodeError) -> Result<Requeue> {
     let message = format!("the policy cannot be read: {e}");
-    let status = obj.data.get("status");
+    // A status that is not JSON we can read counts as none (it is replaced below).
+    let status = obj.status_value().ok().filter(|s| !s.is_null());
+    let status = status.as_ref();
     let current = |key: &str| status.and_then(|s| s.get(key)).and_then(Value::as_str);
     if current("phase") == Some(Phase::Invalid.as_str()) && current("message") == Some(message.as_str()) {
         return Ok(Requeue::requeue(RESYNC));
@@ -346,11 +399,7 @@ async fn report_undecodable(obj: &DynamicObject, ctx: &Context, e: &DecodeError)
         }
     });
     ctx.leader.check()?;
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        ctx.client.clone(),
-        &obj.namespace().unwrap_or_default(),
-        &ctx.policy_resource,
-    );
+    let api: Api<SlimPolicy> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     match api
         .patch_status(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -367,17 +416,13 @@ async fn report_undecodable(obj: &DynamicObject, ctx: &Context, e: &DecodeError)
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx
-        .recorder
-        .publish(&event, &obj.object_ref(&ctx.policy_resource))
-        .await
-    {
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
         warn!(error = %e, "could not publish event");
     }
     Ok(Requeue::requeue(RESYNC))
 }
 
-fn error_policy(policy: Arc<DynamicObject>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+fn error_policy(policy: Arc<SlimPolicy>, error: &Error, _ctx: Arc<Context>) -> Requeue {
     match error {
         Error::Conflict(_) => Requeue::requeue(Duration::from_millis(100)),
         _ => {
@@ -405,6 +450,8 @@ impl RolloutPolicy {
         }
         let key = (self.namespace().unwrap_or_default(), self.name_any());
         ctx.hooks.forget(&key);
+        ctx.superseded.forget(&key);
+        ctx.metrics.forget_policy(&key.0, &key.1);
         ctx.engine.want(key, None);
         tracing::info!("policy deleted: traffic and scaling restored");
         crate::failpoint!("after-cleanup");
@@ -412,7 +459,8 @@ impl RolloutPolicy {
     }
 
     /// One pass of the pipeline. Idempotent: every step can be repeated after a crash at any point.
-    async fn reconcile(&self, ctx: &Context) -> Result<Requeue> {
+    /// `finalized`: the policy carries the finalizer, so the pass may change the cluster.
+    async fn reconcile(&self, ctx: &Context, finalized: bool) -> Result<Requeue> {
         let key: Key = (self.namespace().unwrap_or_default(), self.name_any());
         let fresh = observe::Fresh::read_if_recording(&ctx.client, self).await?;
         let command = commands::next(ctx, self).await?;
@@ -421,6 +469,11 @@ impl RolloutPolicy {
         seen.observed.hooks = ctx.hooks.latest(&key);
         let current = self.status.clone().unwrap_or_default();
         let mut plan = plan(&self.spec, &current, &seen.observed, Timestamp::now());
+        if !finalized && plan.actions.iter().any(Action::changes_cluster) {
+            add_finalizer(ctx, self).await?;
+            // The next pass, from the object with the finalizer, plans again and acts.
+            return Ok(Requeue::requeue(Duration::from_millis(50)));
+        }
         match act::carry_out(self, ctx, &plan.actions, act::Mode::Reconcile).await {
             Ok(()) => {}
             Err(act::Stopped::NotLeader) => return Err(Error::NotLeader),
@@ -478,8 +531,8 @@ impl RolloutPolicy {
 mod tests {
     use super::*;
 
-    fn object(progress_deadline: &str) -> DynamicObject {
-        serde_json::from_value(json!({
+    fn object(progress_deadline: &str) -> SlimPolicy {
+        slim::policy_from_json(json!({
             "apiVersion": "canaryd.io/v1alpha1", "kind": "RolloutPolicy",
             "metadata": {"name": "p", "namespace": "dev", "resourceVersion": "1"},
             "spec": {
@@ -489,7 +542,6 @@ mod tests {
             },
             "status": {"phase": "Progressing"},
         }))
-        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -507,7 +559,7 @@ mod tests {
     #[test]
     fn deployments_are_matched_on_the_raw_object() {
         let p = object("10m");
-        assert!(names_deployment(&p, "app-v1"));
-        assert!(!names_deployment(&p, "app-v2"));
+        assert!(p.names_deployment("app-v1"));
+        assert!(!p.names_deployment("app-v2"));
     }
 }

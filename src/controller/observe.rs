@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::ResourceExt;
 use serde_json::Value;
 
@@ -11,7 +12,6 @@ use super::cache::Caches;
 use crate::analysis::check::Check;
 use crate::error::Result;
 use crate::gates::commands;
-use crate::mesh::istio::to_value;
 use crate::mesh::preflight::{self, Snapshot, VsSnapshot};
 use crate::mesh::routes::{managed_routes, route_weights, routes_sending_to};
 use crate::plan::{DeploymentState, Observed, Problem, ScaleObserved, VersionScale};
@@ -20,7 +20,7 @@ use crate::scale::hpa;
 
 /// FNV-1a over the pod template's JSON: stable across daemon versions and restarts, unlike
 /// `DefaultHasher`, because it is recorded in status. A cached Deployment holds the hash instead
-/// of the template (see [`super::slim::deployment`]); a real one always has a pod spec.
+/// of the template (see [`super::slim::SlimDeployment`]); a real one always has a pod spec.
 pub fn template_hash(d: &Deployment) -> String {
     let template = &d.spec.template;
     if template.spec.is_none()
@@ -28,7 +28,12 @@ pub fn template_hash(d: &Deployment) -> String {
     {
         return hash.clone();
     }
-    let hash = crate::hash::fnv1a64(serde_json::to_vec(&template).unwrap_or_default());
+    hash_template(template)
+}
+
+/// The hash of a pod template (see [`template_hash`]).
+pub fn hash_template(template: &PodTemplateSpec) -> String {
+    let hash = crate::hash::fnv1a64(serde_json::to_vec(template).unwrap_or_default());
     format!("{hash:016x}")
 }
 
@@ -136,7 +141,7 @@ pub fn observe(
     let stable_dep = deployment(&stable.deployment);
     let canary_dep = canary.as_ref().and_then(|c| deployment(&c.deployment));
     let dr = caches.destination_rule(&ns, &spec.destination_rule);
-    let dr = dr.as_deref().map(to_value).transpose()?;
+    let dr = dr.map(|d| d.to_value()).transpose()?;
     let elsewhere = match dr {
         Some(_) => Vec::new(),
         None => caches
@@ -145,7 +150,8 @@ pub fn observe(
             .iter()
             .filter(|d| d.metadata.name.as_deref() == Some(spec.destination_rule.as_str()))
             .filter_map(|d| {
-                let host = d.data.pointer("/spec/host").and_then(Value::as_str).unwrap_or_default();
+                let value = d.to_value().ok()?;
+                let host = value.pointer("/spec/host").and_then(Value::as_str).unwrap_or_default();
                 Some((d.namespace()?, host.to_string()))
             })
             .collect(),
@@ -157,7 +163,7 @@ pub fn observe(
             namespace: vs_ns,
             name,
             routes,
-            object: object.as_deref().map(to_value).transpose()?,
+            object: object.map(|o| o.to_value()).transpose()?,
         });
     }
 
@@ -279,7 +285,7 @@ fn old_stable_routes(caches: &Caches, policy: &RolloutPolicy, fqdn: &str) -> Vec
     let mut out = Vec::new();
     for vs in caches.virtual_services.state() {
         let vs_ns = vs.namespace().unwrap_or_default();
-        let Ok(value) = to_value(&vs) else { continue };
+        let Ok(value) = vs.to_value() else { continue };
         for (route, weight) in routes_sending_to(&value, &vs_ns, fqdn, &subset) {
             out.push(format!("VirtualService {vs_ns}/{} {route} ({weight}%)", vs.name_any()));
         }

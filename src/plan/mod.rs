@@ -141,6 +141,13 @@ pub enum Action {
     SetReplicas { deployment: String, replicas: i32 },
 }
 
+impl Action {
+    /// Everything but an Event changes what the cluster runs or routes (and is undone on deletion).
+    pub fn changes_cluster(&self) -> bool {
+        !matches!(self, Action::Event { .. })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub status: RolloutPolicyStatus,
@@ -988,6 +995,7 @@ impl Planner<'_> {
 
     /// Record a phase change (or a new reason) in history, message and an Event; a repeat is silent.
     fn transition(&mut self, phase: Phase, reason: &str, message: String) {
+        let first = self.st.history.is_empty();
         let last = self.st.history.last();
         let repeat = self.st.phase == phase
             && last.is_some_and(|t| t.reason == reason && t.step == self.st.step && t.message == message);
@@ -1011,7 +1019,12 @@ impl Planner<'_> {
             _ if WARNING_REASONS.contains(&reason) => EventType::Warning,
             _ => EventType::Normal,
         };
-        self.event(type_, reason, message);
+        // A policy first seen at rest changed nothing: status and history say so. An Event for it
+        // would be one more API write per policy whenever many appear at once (canaryd installed
+        // into a cluster whose Git already holds its policies).
+        if !(first && phase == Phase::Healthy) {
+            self.event(type_, reason, message);
+        }
         self.fire_hooks(phase);
     }
 

@@ -445,6 +445,22 @@ fn no_canary_keeps_the_route_and_reports_healthy() {
 }
 
 #[test]
+fn a_policy_first_seen_at_rest_is_recorded_without_an_event_and_later_transitions_have_one() {
+    let mut sim = Sim::new();
+    sim.spec.canary = None;
+    sim.obs.routes = routes(&[("v1", 100)]);
+    let p = sim.step();
+    let events = |p: &Plan| p.actions.iter().filter(|a| matches!(a, Action::Event { .. })).count();
+    assert_eq!(events(&p), 0, "{:?}", p.actions);
+    assert_eq!(sim.status.phase, Phase::Healthy);
+    assert_eq!(sim.status.history.len(), 1);
+    // A canary appears: its transitions are announced.
+    sim.spec.canary = Some(v("v2"));
+    let p = sim.step();
+    assert!(events(&p) > 0, "{:?}", p.actions);
+}
+
+#[test]
 fn preflight_problem_changes_nothing() {
     let mut sim = Sim::new();
     sim.obs.problems = vec![Problem {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use crate::controller::leader::LeaderGuard;
+use crate::controller::slim::SlimPolicy;
 use crate::gates::target::NotificationTarget;
 use crate::policy::types::{
     Notification, NotificationStatus, Phase, RolloutPolicy, RolloutPolicySpec, SecretKeyRef, Transition,
@@ -377,7 +378,7 @@ struct State {
 pub struct Notifier {
     pub client: Client,
     /// The controller's RolloutPolicy cache (untyped: an undecodable policy is skipped).
-    pub policies: Store<DynamicObject>,
+    pub policies: Store<SlimPolicy>,
     pub targets: Store<NotificationTarget>,
     pub secrets_namespace: String,
     pub leader: LeaderGuard,
@@ -390,7 +391,7 @@ pub struct Notifier {
 impl Notifier {
     pub fn new(
         client: Client,
-        policies: Store<DynamicObject>,
+        policies: Store<SlimPolicy>,
         targets: Store<NotificationTarget>,
         secrets_namespace: String,
         leader: LeaderGuard,
@@ -424,7 +425,7 @@ impl Notifier {
             }
             let mut present: HashSet<PolicyKey> = HashSet::new();
             for obj in self.policies.state() {
-                if obj.data.pointer("/spec/notifications/0").is_none() {
+                if !obj.notifies() {
                     continue;
                 }
                 let Ok(policy) = crate::controller::decode(&obj) else {
