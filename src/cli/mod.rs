@@ -8,9 +8,8 @@ pub mod validate;
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta, PostParams};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 
 use crate::gates::commands::{CommandKind, RolloutCommand, RolloutCommandSpec, RolloutCommandStatus};
 use crate::policy::types::RolloutPolicy;
@@ -49,13 +48,7 @@ pub async fn send(client: &Client, namespace: &str, name: &str, kind: CommandKin
         .as_ref()
         .ok_or_else(|| CliError::NoRollout(format!("{namespace}/{name}"), kind.as_str()))?;
     let requested_by = whoami(client).await.ok_or(CliError::NoIdentity)?;
-    let owner = OwnerReference {
-        api_version: RolloutPolicy::api_version(&()).into_owned(),
-        kind: RolloutPolicy::kind(&()).into_owned(),
-        name: policy.name_any(),
-        uid: policy.uid().unwrap_or_default(),
-        ..Default::default()
-    };
+    let owner = crate::gates::commands::owned_by(&policy);
     let command = RolloutCommand {
         metadata: ObjectMeta {
             generate_name: Some(format!("{name}-{}-", kind.as_str())),

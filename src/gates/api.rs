@@ -22,7 +22,6 @@ use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -171,16 +170,7 @@ fn fail(code: StatusCode, result: &'static str, message: impl Into<String>) -> R
 }
 
 fn kind_of(segment: &str) -> Option<CommandKind> {
-    [
-        CommandKind::Promote,
-        CommandKind::PromoteFull,
-        CommandKind::Abort,
-        CommandKind::Pause,
-        CommandKind::Resume,
-        CommandKind::Retry,
-    ]
-    .into_iter()
-    .find(|k| k.as_str() == segment)
+    CommandKind::ALL.into_iter().find(|k| k.as_str() == segment)
 }
 
 /// The refusals that mean the gate the caller meant is not there (any more).
@@ -387,13 +377,7 @@ impl Approvals {
     /// Create the command for `policy`, owned by it (it goes when the policy goes).
     async fn create(&self, policy: &RolloutPolicy, b: &Binding, naming: Naming) -> Result<Created, kube::Error> {
         let ns = policy.namespace().unwrap_or_default();
-        let owner = OwnerReference {
-            api_version: RolloutPolicy::api_version(&()).into_owned(),
-            kind: RolloutPolicy::kind(&()).into_owned(),
-            name: policy.name_any(),
-            uid: policy.uid().unwrap_or_default(),
-            ..Default::default()
-        };
+        let owner = crate::gates::commands::owned_by(policy);
         let (name, generate_name) = match &naming {
             Naming::Fixed(n) => (Some(n.clone()), None),
             Naming::Generate(prefix) => (None, Some(prefix.clone())),

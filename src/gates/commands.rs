@@ -11,7 +11,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::types::{Phase, RolloutPolicyStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+
+use crate::policy::types::{Phase, RolloutPolicy, RolloutPolicyStatus};
 
 /// The annotation of the retired annotation channel; a policy carrying it gets a Warning Event.
 pub const LEGACY_ANNOTATION: &str = "canaryd.io/command";
@@ -32,6 +35,15 @@ pub enum CommandKind {
 }
 
 impl CommandKind {
+    pub const ALL: [CommandKind; 6] = [
+        CommandKind::Promote,
+        CommandKind::PromoteFull,
+        CommandKind::Abort,
+        CommandKind::Pause,
+        CommandKind::Resume,
+        CommandKind::Retry,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CommandKind::Promote => "promote",
@@ -199,6 +211,17 @@ pub fn admit(
     Ok(())
 }
 
+/// A command is owned by its policy: it goes when the policy goes.
+pub fn owned_by(policy: &RolloutPolicy) -> OwnerReference {
+    OwnerReference {
+        api_version: RolloutPolicy::api_version(&()).into_owned(),
+        kind: RolloutPolicy::kind(&()).into_owned(),
+        name: policy.name_any(),
+        uid: policy.uid().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,14 +383,7 @@ mod tests {
 
     #[test]
     fn kinds_serialize_as_the_cli_names_them() {
-        for kind in [
-            CommandKind::Promote,
-            CommandKind::PromoteFull,
-            CommandKind::Abort,
-            CommandKind::Pause,
-            CommandKind::Resume,
-            CommandKind::Retry,
-        ] {
+        for kind in CommandKind::ALL {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }
     }
