@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::gates::commands;
 use crate::mesh::preflight::{self, Snapshot, VsSnapshot};
 use crate::mesh::routes::{managed_routes, route_weights, routes_sending_to};
-use crate::plan::{DeploymentState, Observed, Problem, ScaleObserved, VersionScale};
+use crate::plan::{DeploymentState, Observed, Problem, ScaleObserved, VersionScale, declared_stable};
 use crate::policy::types::RolloutPolicy;
 use crate::scale::hpa;
 
@@ -85,7 +85,7 @@ impl Fresh {
     /// Only when a rollout is wanted and no originals are recorded yet.
     pub async fn read_if_recording(client: &kube::Client, policy: &RolloutPolicy) -> Result<Option<Fresh>> {
         let status = policy.status.as_ref();
-        let stable = status.and_then(|s| s.stable.as_ref()).unwrap_or(&policy.spec.stable);
+        let stable = &status.map_or_else(|| policy.spec.stable.clone(), |s| declared_stable(&policy.spec, s));
         let halted = status
             .and_then(|s| s.canary.as_ref())
             .is_some_and(|c| c.halted.is_some());
@@ -121,11 +121,11 @@ pub fn observe(
 ) -> Result<Observation> {
     let ns = policy.namespace().unwrap_or_default();
     let spec = &policy.spec;
+    // The stable the planner will use: never one the spec no longer names.
     let stable = policy
         .status
         .as_ref()
-        .and_then(|s| s.stable.clone())
-        .unwrap_or_else(|| spec.stable.clone());
+        .map_or_else(|| spec.stable.clone(), |s| declared_stable(spec, s));
     let canary = spec.canary.clone().filter(|c| c.subset != stable.subset);
 
     let service = caches.service(&ns, &spec.service);

@@ -17,10 +17,14 @@ use crate::policy::validate::validate_spec;
 mod analysis;
 mod capacity;
 mod commands;
+mod declared;
 mod hooks;
 mod schedule;
 
 pub use capacity::{ScaleObserved, VersionScale};
+pub use declared::declared_stable;
+#[cfg(test)]
+mod declared_tests;
 #[cfg(test)]
 mod tests;
 
@@ -214,9 +218,23 @@ pub fn cleanup_observed(
         wanted_hooks: Vec::new(),
         fire: Vec::new(),
     };
-    let stable = current.stable.clone().unwrap_or_else(|| spec.stable.clone());
+    // Only to a version the spec names (see `declared_stable`).
+    let stable = declared_stable(spec, current);
+    let undeclared = current.stable.as_ref().is_some_and(|s| *s != stable);
     // A rollback recorded as RollingBack may not have moved the weights yet.
-    if current.canary.as_ref().is_some_and(|c| c.halted.is_none()) || current.phase == Phase::RollingBack {
+    let in_progress = current.canary.as_ref().is_some_and(|c| c.halted.is_none()) || current.phase == Phase::RollingBack;
+    let on_stable = obs.weights_are(&stable.subset, None, 0);
+    // With real observations: never toward a stable that cannot serve (it is left as it is).
+    if (in_progress || undeclared) && !on_stable && !obs.routes.is_empty() && !p.stable_serves() {
+        p.event(
+            EventType::Warning,
+            "StableNotReady",
+            format!(
+                "policy deleted, but stable Deployment {} has no Ready pods: traffic left where it is",
+                stable.deployment
+            ),
+        );
+    } else if in_progress || (undeclared && !on_stable) {
         p.send_all_to_stable(&stable);
     }
     p.cleanup_scaling();
@@ -255,11 +273,16 @@ impl Planner<'_> {
         self.st.observed_generation = self.obs.generation;
         self.st.schedule = None; // set again by a schedule hold in this pass
         self.prior_gate = self.st.gate.take();
-        let stable = self.st.stable.clone().unwrap_or_else(|| self.spec.stable.clone());
-        self.st.stable = Some(stable.clone());
+        let stable = declared_stable(self.spec, &self.st);
         if let Some(err) = &self.obs.command_error {
             self.event(EventType::Warning, "InvalidCommand", err.clone());
         }
+        if let Some(recorded) = self.st.stable.clone()
+            && recorded != stable
+        {
+            return self.change_stable(&recorded, &stable);
+        }
+        self.st.stable = Some(stable.clone());
 
         let desired = self.spec.canary.clone().filter(|c| c.subset != stable.subset);
         let (problems, canary_problems) = self.problems(desired.as_ref());
