@@ -551,3 +551,101 @@ async fn each_weight_waits_for_a_whole_window_at_it() -> Result<()> {
     };
     run.await.map_err(|e| fixture::fail_with_logs(&daemon, e))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 16, item 0: Git moving on mid-judgement never sends traffic back to a version it no longer names.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_moving_on_at_100_adopts_the_canary_and_never_resurrects_the_old_stable() -> Result<()> {
+    let seed = seed("tp-declared").await?;
+    let daemon = start_daemon(&seed.ns).await?;
+    let policy = seed.policy_yaml();
+    let start = policy.find("  steps:\n").context("steps")?;
+    let end = policy.find("  progressDeadline").context("progressDeadline")?;
+    // v2 reaches 100 % and is held there, judged, until `canaryd promote`.
+    let steps = "  steps:\n    - weight: 50\n    - weight: 100\n    - pause: {}\n";
+    let held = format!("{}{steps}{}", &policy[..start], &policy[end..]);
+    let run = async {
+        seed.apply(&held).await?;
+        seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 0), ("v2", 100)], T)
+            .await?;
+        let p = seed
+            .wait_policy(POLICY, "WaitingForApproval at 100", T, |p| {
+                phase(p) == Phase::WaitingForApproval && status(p).canary_weight == 100
+            })
+            .await?;
+        ensure(status(&p).canary.is_some(), "v2 not in judgement")?;
+        // The user ships v3 as they would: its Deployment (the seed's DestinationRule has subset v3),
+        // then Git says stable v2, canary v3.
+        let app = seed_yaml("app.yaml", &seed.ns, &seed.vs_ns);
+        let v2 = app.split("\n---\n").find(|d| d.contains("name: istio-test-v2")).context("v2")?;
+        seed.apply(&v2.replace("v2", "v3")).await?;
+        mark_ready(&seed.client, &seed.ns, "istio-test-v3", 1).await?;
+        let moved_on = held
+            .replace(
+                "stable: {subset: v1, deployment: istio-test-v1}",
+                "stable: {subset: v2, deployment: istio-test-v2}",
+            )
+            .replace(
+                "canary: {subset: v2, deployment: istio-test-v2}",
+                "canary: {subset: v3, deployment: istio-test-v3}",
+            );
+        ensure(moved_on.contains("canary: {subset: v3"), "policy edit did not apply")?;
+        // Watch the route through the whole transition: v1 must never get traffic again.
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let seen = Mutex::new(Vec::new());
+        let watch = async {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let w = seed.weights(&seed.vs_ns, VS, 1).await?;
+                if let Ok(mut s) = seen.lock() {
+                    s.push(w);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        let change = async {
+            let result = async {
+                seed.apply(&moved_on).await?;
+                seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 0), ("v2", 50), ("v3", 50)], T)
+                    .await?;
+                // And it stays there (the next step waits for nothing but is one write per pass).
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Ok::<_, anyhow::Error>(())
+            }
+            .await;
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            result
+        };
+        let (watched, changed) = tokio::join!(watch, change);
+        watched?;
+        changed?;
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        ensure(seen.len() > 5, format!("too few samples: {seen:?}"))?;
+        for w in &seen {
+            ensure(
+                w.get("v1").copied().unwrap_or(0) == 0,
+                format!("v1, no longer named, got traffic: {w:?} (all samples: {seen:?})"),
+            )?;
+        }
+        let p = seed.policy(POLICY).await?;
+        let st = status(&p);
+        ensure(
+            st.stable.as_ref().map(|s| s.subset.as_str()) == Some("v2")
+                && st.canary.as_ref().map(|c| c.subset.as_str()) == Some("v3"),
+            format!("v3 not rolled out against v2: {st:#?}"),
+        )?;
+        let reasons: Vec<&str> = st.history.iter().map(|t| t.reason.as_str()).collect();
+        ensure(
+            reasons.contains(&"StableChanged") && !reasons.contains(&"CanaryChanged"),
+            format!("{reasons:?}"),
+        )?;
+        let started = st.history.iter().rfind(|t| t.reason == "RolloutStarted").context("no RolloutStarted")?;
+        ensure(started.message.contains("against stable v2"), started.message.clone())?;
+        ensure(
+            !seed.events(POLICY, "StableChanged").await?.is_empty(),
+            "no StableChanged event",
+        )
+    };
+    run.await.map_err(|e| fixture::fail_with_logs(&daemon, e))
+}
