@@ -618,16 +618,16 @@ async fn git_moving_on_at_100_adopts_the_canary_and_never_resurrects_the_old_sta
             result
         };
         let (watched, changed) = tokio::join!(watch, change);
-        watched?;
-        changed?;
         let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
-        ensure(seen.len() > 5, format!("too few samples: {seen:?}"))?;
         for w in &seen {
             ensure(
                 w.get("v1").copied().unwrap_or(0) == 0,
                 format!("v1, no longer named, got traffic: {w:?} (all samples: {seen:?})"),
             )?;
         }
+        watched?;
+        changed?;
+        ensure(seen.len() > 5, format!("too few samples: {seen:?}"))?;
         let p = seed.policy(POLICY).await?;
         let st = status(&p);
         ensure(

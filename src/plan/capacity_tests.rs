@@ -434,3 +434,28 @@ fn a_promotion_replanned_after_a_lost_status_write_leaves_stable_with_its_own_bo
     assert_eq!(sim.status.phase, Phase::Succeeded);
     assert_eq!(sim.hpa("app-v1"), b(2, 10), "{:?}", p.actions);
 }
+
+/// Git names the canary at 100 % as stable (issue 16): the old stable, no longer observed, still gets
+/// its recorded bounds back, and is scaled down like after a promotion.
+#[test]
+fn an_adopted_stable_restores_the_old_stables_recorded_bounds() {
+    let mut s = Sim::new();
+    s.until(|s| s.canary_weight() == 100);
+    assert_eq!(s.hpa("app-v1"), b(4, 10), "stable pinned during the rollout");
+    s.spec.stable = v("v2");
+    s.spec.canary = Some(v("v3"));
+    // Observed as the controller does: stable is now app-v2, the canary app-v3.
+    s.obs.stable = s.obs.canary.clone();
+    s.obs.scaling.stable = s.obs.scaling.canary.take();
+    s.obs.scaling.canary = Some(version("app-v3", b(1, 10), 1));
+    let p = s.step();
+    assert_eq!(hpa_writes([&p], "app-v1-hpa"), vec![b(2, 10)], "{:?}", p.actions);
+    let down = s.status.scaling.as_ref().and_then(|sc| sc.scale_down.as_ref());
+    assert_eq!(down.map(|d| d.deployment.as_str()), Some("app-v1"));
+    assert_eq!(s.status.stable, Some(v("v2")));
+    // v3 starts against v2: the old stable goes, v2's HPA gets its own bounds back.
+    let p = s.step();
+    assert!(scaled_down(&p), "{:?}", p.actions);
+    assert_eq!(s.hpa("app-v2"), b(1, 10));
+    assert_eq!(s.status.canary.as_ref().map(|c| c.subset.as_str()), Some("v3"));
+}

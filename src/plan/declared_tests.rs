@@ -417,3 +417,36 @@ fn ordinary_changes_keep_their_behaviour() {
     assert_eq!(s.status.stable, Some(v("v2")));
     assert!(!s.reasons().contains(&"StableChanged".to_string()));
 }
+
+/// Deleting the policy (the finalizer's `cleanup`) also sends traffic only to the declared stable,
+/// and never to one without Ready pods.
+#[test]
+fn cleanup_only_sends_traffic_to_a_declared_serving_stable() {
+    let mut s = at("JudgedAt100");
+    s.spec = spec("v2", Some("v3"));
+    let actions = cleanup_observed(&s.spec, &s.status, &s.observe(), s.now);
+    for a in &actions {
+        if let Action::SetWeights { stable, .. } = a {
+            assert_eq!(stable, "v2", "{actions:?}");
+        }
+    }
+    let mut s = at("WaitingForApproval");
+    s.spec = spec("v4", Some("v3"));
+    s.ready.insert("v4".into(), 0);
+    let actions = cleanup_observed(&s.spec, &s.status, &s.observe(), s.now);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::SetWeights { .. })),
+        "{actions:?}"
+    );
+    assert!(actions.iter().any(|a| matches!(a, Action::Event { reason, .. } if reason == "StableNotReady")));
+    s.ready.insert("v4".into(), 2);
+    let actions = cleanup_observed(&s.spec, &s.status, &s.observe(), s.now);
+    assert_eq!(
+        actions.iter().find(|a| matches!(a, Action::SetWeights { .. })),
+        Some(&Action::SetWeights {
+            stable: "v4".into(),
+            canary: Some("v2".into()),
+            canary_weight: 0
+        })
+    );
+}
