@@ -578,7 +578,10 @@ async fn git_moving_on_at_100_adopts_the_canary_and_never_resurrects_the_old_sta
         // The user ships v3 as they would: its Deployment (the seed's DestinationRule has subset v3),
         // then Git says stable v2, canary v3.
         let app = seed_yaml("app.yaml", &seed.ns, &seed.vs_ns);
-        let v2 = app.split("\n---\n").find(|d| d.contains("name: istio-test-v2")).context("v2")?;
+        let v2 = app
+            .split("\n---\n")
+            .find(|d| d.contains("name: istio-test-v2"))
+            .context("v2")?;
         seed.apply(&v2.replace("v2", "v3")).await?;
         mark_ready(&seed.client, &seed.ns, "istio-test-v3", 1).await?;
         let moved_on = held
@@ -640,7 +643,11 @@ async fn git_moving_on_at_100_adopts_the_canary_and_never_resurrects_the_old_sta
             reasons.contains(&"StableChanged") && !reasons.contains(&"CanaryChanged"),
             format!("{reasons:?}"),
         )?;
-        let started = st.history.iter().rfind(|t| t.reason == "RolloutStarted").context("no RolloutStarted")?;
+        let started = st
+            .history
+            .iter()
+            .rfind(|t| t.reason == "RolloutStarted")
+            .context("no RolloutStarted")?;
         ensure(started.message.contains("against stable v2"), started.message.clone())?;
         ensure(
             !seed.events(POLICY, "StableChanged").await?.is_empty(),

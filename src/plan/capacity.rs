@@ -160,7 +160,7 @@ impl Planner<'_> {
         }
     }
 
-    fn restore(&mut self, sc: &ScalingStatus, rec: &VersionScaling, replicas_too: bool) {
+    pub(super) fn restore(&mut self, sc: &ScalingStatus, rec: &VersionScaling, replicas_too: bool) {
         match (&rec.hpa, rec.original_bounds) {
             (Some(name), Some(original)) => self.restore_bounds(sc, rec, name, original),
             _ if replicas_too => self.actions.push(Action::SetReplicas {

@@ -459,3 +459,21 @@ fn an_adopted_stable_restores_the_old_stables_recorded_bounds() {
     assert_eq!(s.hpa("app-v2"), b(1, 10));
     assert_eq!(s.status.canary.as_ref().map(|c| c.subset.as_str()), Some("v3"));
 }
+
+/// After a promotion, Git names a new canary but still the old stable (issue 16): the old stable is
+/// the declared one, takes the traffic back, and its pending scale-down is cancelled, not carried out.
+#[test]
+fn a_declared_old_stable_with_a_pending_scale_down_is_not_scaled_down() {
+    let mut s = Sim::new();
+    s.until(|s| s.status.phase == Phase::Succeeded);
+    assert!(s.status.scaling.as_ref().is_some_and(|sc| sc.scale_down.is_some()));
+    s.spec.canary = Some(v("v3"));
+    // Observed as the controller does: stable app-v1 (declared), canary app-v3.
+    s.obs.scaling.canary = Some(version("app-v3", b(1, 10), 1));
+    let p = s.step();
+    assert!(!scaled_down(&p), "{:?}", p.actions);
+    assert_eq!(hpa_writes([&p], "app-v2-hpa"), vec![b(1, 10)], "{:?}", p.actions);
+    assert_eq!(s.obs.routes[0].get("v1"), Some(&100));
+    assert_eq!(s.status.stable, Some(v("v1")));
+    assert!(s.status.scaling.is_none());
+}

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Action, INVALID_POLL, Planner, Problem, READY_POLL, summary};
+use super::{Action, EventType, INVALID_POLL, Planner, Problem, READY_POLL, summary};
 use crate::policy::types::{Phase, RolloutPolicySpec, RolloutPolicyStatus, VersionRef};
 use crate::policy::validate::validate_spec;
 
@@ -11,10 +11,9 @@ use crate::policy::validate::validate_spec;
 /// the canary it promoted), else the spec's stable. A canary in progress that the spec now calls
 /// stable is adopted (Git moved on before canaryd finished the promotion).
 pub fn declared_stable(spec: &RolloutPolicySpec, status: &RolloutPolicyStatus) -> VersionRef {
-    let adopt = status
-        .canary
-        .as_ref()
-        .is_some_and(|c| c.halted.is_none() && c.subset == spec.stable.subset && c.deployment == spec.stable.deployment);
+    let adopt = status.canary.as_ref().is_some_and(|c| {
+        c.halted.is_none() && c.subset == spec.stable.subset && c.deployment == spec.stable.deployment
+    });
     match &status.stable {
         Some(s) if !adopt && (*s == spec.stable || spec.canary.as_ref() == Some(s)) => s.clone(),
         _ => spec.stable.clone(),
@@ -43,11 +42,10 @@ impl Planner<'_> {
             let why = format!("stable Deployment {} has no Ready pods", declared.deployment);
             return self.hold_undeclared(recorded, declared, "StableNotReady", why, READY_POLL);
         }
-        let adopted = self
-            .st
-            .canary
-            .as_ref()
-            .is_some_and(|c| c.halted.is_none() && c.subset == declared.subset && c.deployment == declared.deployment);
+        let adopted =
+            self.st.canary.as_ref().is_some_and(|c| {
+                c.halted.is_none() && c.subset == declared.subset && c.deployment == declared.deployment
+            });
         if !on_declared {
             self.actions.push(Action::SetWeights {
                 stable: declared.subset.clone(),
@@ -58,7 +56,7 @@ impl Planner<'_> {
         if adopted {
             // A promotion done by Git: the old stable's bounds back, its scale-down after the delay.
             self.after_promotion(recorded);
-        } else {
+        } else if !self.cancel_scale_down_of(declared) {
             self.restore_scaling();
         }
         self.st.stable = Some(declared.clone());
@@ -67,7 +65,11 @@ impl Planner<'_> {
         self.clear_progressing();
         self.st.canary_weight = 0;
         self.st.stable_weight = 100;
-        let how = if adopted { "canary adopted as stable" } else { "declared stable" };
+        let how = if adopted {
+            "canary adopted as stable"
+        } else {
+            "declared stable"
+        };
         let message = format!(
             "spec.stable names {} ({how}); {} is no longer named: all traffic on {}",
             declared.subset, recorded.subset, declared.subset
@@ -76,6 +78,31 @@ impl Planner<'_> {
         self.set_condition("Progressing", false, "StableChanged", &message);
         self.transition(Phase::Healthy, "StableChanged", message);
         self.requeue = Some(Duration::ZERO);
+    }
+
+    /// The declared stable is the old stable of a promotion whose scale-down is pending: it takes the
+    /// traffic back, so it is not scaled down; the promoted version's HPA gets its own bounds back.
+    fn cancel_scale_down_of(&mut self, declared: &VersionRef) -> bool {
+        let Some(sc) = self.st.scaling.clone() else {
+            return false;
+        };
+        if sc
+            .scale_down
+            .as_ref()
+            .is_none_or(|d| d.deployment != declared.deployment)
+        {
+            return false;
+        }
+        if let Some(promoted) = &sc.canary {
+            self.restore(&sc, promoted, false);
+        }
+        self.st.scaling = None;
+        self.event(
+            EventType::Normal,
+            "ScaleDownCancelled",
+            format!("{} is the declared stable again: not scaled down", declared.deployment),
+        );
+        true
     }
 
     /// The declared stable cannot take the traffic yet: no weight changes, the recorded stable stays

@@ -276,7 +276,11 @@ const CHANGES: [(&str, &str, Option<&str>); 8] = [
     ("canary removed", "v1", None),
     ("stable set to the current canary", "v2", None),
     ("canary set to the recorded stable", "v2", Some("v1")),
-    ("stable removed from the spec (v2 now stable, v1 gone)", "v2", Some("v2")),
+    (
+        "stable removed from the spec (v2 now stable, v1 gone)",
+        "v2",
+        Some("v2"),
+    ),
 ];
 
 #[test]
@@ -286,8 +290,12 @@ fn every_phase_and_every_change_only_sends_traffic_to_declared_serving_versions(
             let mut s = at(phase);
             let expected = s.status.phase;
             assert!(
-                phase.starts_with("Paused") || phase.ends_with(&format!("{expected:?}")) || phase == "ProgressingAt100"
-                    || phase == "JudgedAt100" || phase == "PausedByCommand" || phase == "WaitingForCanary",
+                phase.starts_with("Paused")
+                    || phase.ends_with(&format!("{expected:?}"))
+                    || phase == "ProgressingAt100"
+                    || phase == "JudgedAt100"
+                    || phase == "PausedByCommand"
+                    || phase == "WaitingForCanary",
                 "{phase}: built {expected:?}"
             );
             s.problems.clear();
@@ -329,10 +337,21 @@ fn a_declared_stable_without_ready_pods_holds_every_phase_where_it_is() {
             assert_eq!(p.requeue, Some(READY_POLL), "{phase}");
         }
         assert_eq!(s.route, before, "{phase}");
-        assert_eq!(s.status.stable, recorded, "{phase}: the old stable stays recorded while held");
-        assert_eq!(s.reasons().last().map(String::as_str), Some("StableNotReady"), "{phase}");
+        assert_eq!(
+            s.status.stable, recorded,
+            "{phase}: the old stable stays recorded while held"
+        );
+        assert_eq!(
+            s.reasons().last().map(String::as_str),
+            Some("StableNotReady"),
+            "{phase}"
+        );
         let ready = s.status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
-        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "StableNotReady"), "{phase}");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "StableNotReady"),
+            "{phase}"
+        );
         // Once it has Ready pods, all traffic goes to it and v3 starts against it.
         s.ready.insert("v4".into(), 2);
         s.settle();
@@ -345,7 +364,10 @@ fn a_declared_stable_without_ready_pods_holds_every_phase_where_it_is() {
 }
 
 fn weight_writes(p: &Plan) -> usize {
-    p.actions.iter().filter(|a| matches!(a, Action::SetWeights { .. })).count()
+    p.actions
+        .iter()
+        .filter(|a| matches!(a, Action::SetWeights { .. }))
+        .count()
 }
 
 /// The reported case: v2 at 100 % and judged there; Git then says stable v2, canary v3.
@@ -357,7 +379,12 @@ fn git_moving_on_mid_judgement_adopts_the_canary_and_starts_the_next_against_it(
         assert_ne!(s.status.phase, Phase::Succeeded, "{phase}");
         s.spec = spec("v2", Some("v3"));
         let p = s.step();
-        assert_eq!(weight_writes(&p), 0, "{phase}: v2 already holds all traffic: {:?}", p.actions);
+        assert_eq!(
+            weight_writes(&p),
+            0,
+            "{phase}: v2 already holds all traffic: {:?}",
+            p.actions
+        );
         assert_eq!(s.status.stable, Some(v("v2")), "{phase}");
         assert!(s.status.canary.is_none(), "{phase}");
         assert_eq!(s.reasons().last().map(String::as_str), Some("StableChanged"), "{phase}");
@@ -368,7 +395,11 @@ fn git_moving_on_mid_judgement_adopts_the_canary_and_starts_the_next_against_it(
             "{phase}: {:?}",
             p.actions
         );
-        assert!(s.reasons().ends_with(&["RolloutStarted".into(), "WeightChanged".into()]), "{phase}");
+        assert!(
+            s.reasons()
+                .ends_with(&["RolloutStarted".into(), "WeightChanged".into()]),
+            "{phase}"
+        );
         let started = s.status.history.iter().rfind(|t| t.reason == "RolloutStarted").unwrap();
         assert!(started.message.contains("against stable v2"), "{}", started.message);
         s.settle();
@@ -438,7 +469,11 @@ fn cleanup_only_sends_traffic_to_a_declared_serving_stable() {
         !actions.iter().any(|a| matches!(a, Action::SetWeights { .. })),
         "{actions:?}"
     );
-    assert!(actions.iter().any(|a| matches!(a, Action::Event { reason, .. } if reason == "StableNotReady")));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Event { reason, .. } if reason == "StableNotReady"))
+    );
     s.ready.insert("v4".into(), 2);
     let actions = cleanup_observed(&s.spec, &s.status, &s.observe(), s.now);
     assert_eq!(

@@ -222,7 +222,8 @@ pub fn cleanup_observed(
     let stable = declared_stable(spec, current);
     let undeclared = current.stable.as_ref().is_some_and(|s| *s != stable);
     // A rollback recorded as RollingBack may not have moved the weights yet.
-    let in_progress = current.canary.as_ref().is_some_and(|c| c.halted.is_none()) || current.phase == Phase::RollingBack;
+    let in_progress =
+        current.canary.as_ref().is_some_and(|c| c.halted.is_none()) || current.phase == Phase::RollingBack;
     let on_stable = obs.weights_are(&stable.subset, None, 0);
     // With real observations: never toward a stable that cannot serve (it is left as it is).
     if (in_progress || undeclared) && !on_stable && !obs.routes.is_empty() && !p.stable_serves() {
