@@ -610,10 +610,13 @@ async fn git_moving_on_at_100_adopts_the_canary_and_never_resurrects_the_old_sta
         let change = async {
             let result = async {
                 seed.apply(&moved_on).await?;
-                seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 0), ("v2", 50), ("v3", 50)], T)
+                // v3 walks 50 → 100 against v2 and waits for approval there.
+                seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 0), ("v2", 0), ("v3", 100)], T)
                     .await?;
-                // And it stays there (the next step waits for nothing but is one write per pass).
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                seed.wait_policy(POLICY, "v3 WaitingForApproval", T, |p| {
+                    phase(p) == Phase::WaitingForApproval && status(p).canary.as_ref().is_some_and(|c| c.subset == "v3")
+                })
+                .await?;
                 Ok::<_, anyhow::Error>(())
             }
             .await;
