@@ -17,10 +17,12 @@ use crate::policy::validate::validate_spec;
 mod analysis;
 mod capacity;
 mod commands;
+mod finalize;
 mod hooks;
 mod schedule;
 
 pub use capacity::{ScaleObserved, VersionScale};
+pub use finalize::{Cleanup, finalize};
 #[cfg(test)]
 mod tests;
 
