@@ -20,6 +20,7 @@ mod commands;
 mod finalize;
 mod hooks;
 mod schedule;
+mod stuck;
 
 pub use capacity::{ScaleObserved, VersionScale};
 pub use finalize::{Cleanup, finalize};
@@ -303,6 +304,9 @@ impl Planner<'_> {
                     self.observed_canary_weight().max(self.st.canary_weight)
                 ),
             );
+        }
+        if self.failing_past_deadline() {
+            return;
         }
         self.fold_check();
         if self.judge_analysis(&stable, &desired) || self.watch_hooks() {
