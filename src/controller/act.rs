@@ -311,8 +311,9 @@ pub async fn report_failure(
 }
 
 /// Capacity writes refused in a plan toward safety, which went on without them: `Synced` False
-/// (`ActionFailed`) in the status about to be written, and a Warning Event once per distinct
-/// failure. The restore they would have made is not retried: the Event says what to fix by hand.
+/// (`ActionFailed`) in the status about to be written, and a Warning Event (`ActionSkipped`: the
+/// recorder folds repeats of one reason into the first Event's note) once per distinct failure.
+/// The restore they would have made is not retried: the Event says what to fix by hand.
 pub async fn report_skipped(
     policy: &RolloutPolicy,
     ctx: &Context,
@@ -323,18 +324,20 @@ pub async fn report_skipped(
     let message = format!("{}; skipped: traffic goes back to stable without it", failed.join("; "));
     warn!(policy = %policy.name_any(), "{message}");
     if set_synced(status, false, "ActionFailed", &message, policy.metadata.generation) {
-        publish(policy, ctx, KubeEventType::Warning, "ActionFailed", &message).await;
+        publish(policy, ctx, KubeEventType::Warning, "ActionSkipped", &message).await;
     }
 }
 
-/// Capacity writes refused while a deleted policy is cleaned up: a Warning Event each (the policy
-/// and its status go with the finalizer, the Events stay).
+/// Capacity writes refused while a deleted policy is cleaned up: one Warning Event naming them
+/// (the policy and its status go with the finalizer, the Event stays).
 pub async fn report_cleanup_skipped(policy: &RolloutPolicy, ctx: &Context, skipped: &[Failure]) {
-    for f in skipped {
-        let message = format!("{}; skipped: the policy is deleted without it", f.message());
-        warn!(policy = %policy.name_any(), "{message}");
-        publish(policy, ctx, KubeEventType::Warning, "ActionFailed", &message).await;
+    if skipped.is_empty() {
+        return;
     }
+    let failed: Vec<String> = skipped.iter().map(Failure::message).collect();
+    let message = format!("{}; skipped: the policy is deleted without it", failed.join("; "));
+    warn!(policy = %policy.name_any(), "{message}");
+    publish(policy, ctx, KubeEventType::Warning, "ActionSkipped", &message).await;
 }
 
 /// After a reconcile whose side effects all went through: a `Synced` False becomes True.
