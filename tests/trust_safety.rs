@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use canaryd::policy::types::{Phase, RolloutPolicy};
 use fixture::scaling::{CANARY, Hpas, STABLE, seed_with_pods};
 use fixture::{Seed, cli, ensure, start_daemon};
