@@ -439,9 +439,13 @@ impl RolloutPolicy {
         let status = self.status.clone().unwrap_or_default();
         // What is left: objects already gone have nothing to restore.
         let seen = observe::observe(&ctx.caches, self, None, None)?;
-        let actions = crate::plan::cleanup_observed(&self.spec, &status, &seen.observed, Timestamp::now());
-        match act::carry_out(self, ctx, &actions, act::Mode::Cleanup).await {
-            Ok(()) => {}
+        let cleanup = crate::plan::finalize(&self.spec, &status, &seen.observed, Timestamp::now());
+        if let Some(left) = &cleanup.left_alone {
+            // Said by an Event among the actions too, before the finalizer goes.
+            warn!("policy deleted: {left}");
+        }
+        match act::carry_out(self, ctx, &cleanup.actions, act::Mode::Cleanup).await {
+            Ok(skipped) => act::report_cleanup_skipped(self, ctx, &skipped).await,
             Err(act::Stopped::NotLeader) => return Err(Error::NotLeader),
             Err(act::Stopped::Failed(failure)) => {
                 act::report_failure(self, ctx, &status, &failure).await?;
@@ -453,7 +457,10 @@ impl RolloutPolicy {
         ctx.superseded.forget(&key);
         ctx.metrics.forget_policy(&key.0, &key.1);
         ctx.engine.want(key, None);
-        tracing::info!("policy deleted: traffic and scaling restored");
+        match cleanup.left_alone {
+            None => tracing::info!("policy deleted: traffic and scaling restored"),
+            Some(_) => tracing::info!("policy deleted: scaling restored, traffic left as it was"),
+        }
         crate::failpoint!("after-cleanup");
         Ok(Requeue::await_change())
     }
@@ -474,8 +481,10 @@ impl RolloutPolicy {
             // The next pass, from the object with the finalizer, plans again and acts.
             return Ok(Requeue::requeue(Duration::from_millis(50)));
         }
-        match act::carry_out(self, ctx, &plan.actions, act::Mode::Reconcile).await {
-            Ok(()) => {}
+        match act::carry_out(self, ctx, &plan.actions, act::Mode::for_plan(&plan.status)).await {
+            Ok(skipped) if skipped.is_empty() => act::mark_synced(&mut plan.status, self.metadata.generation),
+            // A rollback went on without refused capacity writes: said in the status it writes.
+            Ok(skipped) => act::report_skipped(self, ctx, &mut plan.status, &skipped).await,
             Err(act::Stopped::NotLeader) => return Err(Error::NotLeader),
             Err(act::Stopped::Failed(failure)) => {
                 // The plan did not happen: say what failed, keep the status it started from, retry later.
@@ -483,7 +492,6 @@ impl RolloutPolicy {
                 return Err(Error::Action(failure.message()));
             }
         }
-        act::mark_synced(&mut plan.status, self.metadata.generation);
         let (wanted, fire) = hooks::addressed(
             &ctx.client,
             &ctx.options.secrets_namespace,

@@ -464,7 +464,7 @@ fn cleanup_only_sends_traffic_to_a_declared_serving_stable() {
     let mut s = at("WaitingForApproval");
     s.spec = spec("v4", Some("v3"));
     s.ready.insert("v4".into(), 0);
-    let actions = cleanup_observed(&s.spec, &s.status, &s.observe(), s.now);
+    let actions = super::finalize(&s.spec, &s.status, &s.observe(), s.now).actions;
     assert!(
         !actions.iter().any(|a| matches!(a, Action::SetWeights { .. })),
         "{actions:?}"
@@ -472,10 +472,10 @@ fn cleanup_only_sends_traffic_to_a_declared_serving_stable() {
     assert!(
         actions
             .iter()
-            .any(|a| matches!(a, Action::Event { reason, .. } if reason == "StableNotReady"))
+            .any(|a| matches!(a, Action::Event { reason, .. } if reason == "TrafficLeftAlone"))
     );
     s.ready.insert("v4".into(), 2);
-    let actions = cleanup_observed(&s.spec, &s.status, &s.observe(), s.now);
+    let actions = super::finalize(&s.spec, &s.status, &s.observe(), s.now).actions;
     assert_eq!(
         actions.iter().find(|a| matches!(a, Action::SetWeights { .. })),
         Some(&Action::SetWeights {

@@ -18,13 +18,16 @@ mod analysis;
 mod capacity;
 mod commands;
 mod declared;
+mod finalize;
 mod hooks;
 mod schedule;
+mod stuck;
 
 pub use capacity::{ScaleObserved, VersionScale};
 pub use declared::declared_stable;
 #[cfg(test)]
 mod declared_tests;
+pub use finalize::{Cleanup, finalize};
 #[cfg(test)]
 mod tests;
 
@@ -224,18 +227,8 @@ pub fn cleanup_observed(
     // A rollback recorded as RollingBack may not have moved the weights yet.
     let in_progress =
         current.canary.as_ref().is_some_and(|c| c.halted.is_none()) || current.phase == Phase::RollingBack;
-    let on_stable = obs.weights_are(&stable.subset, None, 0);
-    // With real observations: never toward a stable that cannot serve (it is left as it is).
-    if (in_progress || undeclared) && !on_stable && !obs.routes.is_empty() && !p.stable_serves() {
-        p.event(
-            EventType::Warning,
-            "StableNotReady",
-            format!(
-                "policy deleted, but stable Deployment {} has no Ready pods: traffic left where it is",
-                stable.deployment
-            ),
-        );
-    } else if in_progress || (undeclared && !on_stable) {
+    // Whether the declared stable can take the traffic is `finalize`'s rule, not this one's.
+    if in_progress || (undeclared && !obs.weights_are(&stable.subset, None, 0)) {
         p.send_all_to_stable(&stable);
     }
     p.cleanup_scaling();
@@ -325,6 +318,9 @@ impl Planner<'_> {
                     self.observed_canary_weight().max(self.st.canary_weight)
                 ),
             );
+        }
+        if self.failing_past_deadline() {
+            return;
         }
         self.fold_check();
         if self.judge_analysis(&stable, &desired) || self.watch_hooks() {

@@ -10,6 +10,7 @@ use crate::gates::commands::CommandKind;
 use crate::policy::types::{Pause, Step, VirtualServiceRef};
 
 mod schedule;
+mod stuck;
 
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_700_000_000 + secs).unwrap()
