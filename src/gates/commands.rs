@@ -104,7 +104,24 @@ pub struct RolloutCommandSpec {
     pub on_behalf_of: Option<String>,
 }
 
+/// Bounds of a command's strings: a Kubernetes object name, a template hash, a user name.
+pub const MAX_NAME: usize = 253;
+pub const MAX_HASH: usize = 64;
+pub const MAX_USER: usize = 512;
+
 impl RolloutCommandSpec {
+    /// The CRD's bounds, for commands stored before the CRD stated them.
+    pub fn check(&self) -> Result<(), String> {
+        let long = |field: &str, value: &str, max: usize| {
+            (value.len() > max).then(|| format!("spec.{field}: {} characters, at most {max}", value.len()))
+        };
+        let problem = long("policy", &self.policy, MAX_NAME)
+            .or_else(|| long("canary", &self.canary, MAX_HASH))
+            .or_else(|| long("requestedBy", &self.requested_by, MAX_USER))
+            .or_else(|| long("onBehalfOf", self.on_behalf_of.as_deref().unwrap_or_default(), MAX_USER));
+        problem.map_or(Ok(()), Err)
+    }
+
     /// Who the command is from, as Events and outcomes name them.
     pub fn by(&self) -> String {
         match &self.on_behalf_of {
