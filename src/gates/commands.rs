@@ -86,21 +86,22 @@ impl CommandKind {
 }]))]
 pub struct RolloutCommandSpec {
     /// The RolloutPolicy, in the command's namespace.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub policy: String,
     pub command: CommandKind,
     /// `status.canary.templateHash` of the policy when the command was given.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 64))]
     pub canary: String,
     /// `status.step` of the policy when the command was given (promotions must match it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<u32>,
     /// The Kubernetes user who created the command; admission refuses any other value.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 512))]
     pub requested_by: String,
     /// The person the daemon's approvals listener acted for (`slack:U123 (name)`, or the Kubernetes
     /// user of an approval API call); admission allows it only from the daemon's ServiceAccount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
     pub on_behalf_of: Option<String>,
 }
 
