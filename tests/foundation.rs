@@ -369,7 +369,9 @@ async fn the_crd_refuses_malformed_policies() -> anyhow::Result<()> {
 async fn whoami(client: &kube::Client) -> anyhow::Result<String> {
     use k8s_openapi::api::authentication::v1::SelfSubjectReview;
     let api: Api<SelfSubjectReview> = Api::all(client.clone());
-    let review = api.create(&PostParams::default(), &SelfSubjectReview::default()).await?;
+    let review = api
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await?;
     let user = review.status.and_then(|s| s.user_info).and_then(|u| u.username);
     user.ok_or_else(|| anyhow::anyhow!("no username in the SelfSubjectReview"))
 }
@@ -390,7 +392,9 @@ async fn the_crds_refuse_what_the_daemon_cannot_decode() -> anyhow::Result<()> {
         )
     };
     let provider = |address: &str| {
-        format!("apiVersion: canaryd.io/v1alpha1\nkind: MetricProvider\nmetadata: {{name: crd-bounds}}\nspec: {{address: \"{address}\"}}\n")
+        format!(
+            "apiVersion: canaryd.io/v1alpha1\nkind: MetricProvider\nmetadata: {{name: crd-bounds}}\nspec: {{address: \"{address}\"}}\n"
+        )
     };
     let target = |users: usize| {
         let users = vec!["U1"; users].join(", ");
