@@ -17,7 +17,8 @@ const MAX_REASON: usize = 400;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decoded<K> {
     Ok(K),
-    Rejected(Rejected),
+    /// Boxed: the stores of well-formed objects do not pay for it.
+    Rejected(Box<Rejected>),
 }
 
 /// An object the daemon cannot use: who it is and why.
@@ -50,10 +51,10 @@ impl<K> Decoded<K> {
         if let Decoded::Ok(k) = self
             && let Err(reason) = check(k)
         {
-            *self = Decoded::Rejected(Rejected {
+            *self = Decoded::Rejected(Box::new(Rejected {
                 metadata: identity(k.meta().clone()),
                 reason: bounded(reason),
-            });
+            }));
         }
     }
 }
@@ -96,10 +97,10 @@ impl<'de, K: DeserializeOwned> Deserialize<'de> for Decoded<K> {
             Ok(k) => Ok(Decoded::Ok(k)),
             Err(e) => {
                 let envelope: Envelope = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
-                Ok(Decoded::Rejected(Rejected {
+                Ok(Decoded::Rejected(Box::new(Rejected {
                     metadata: identity(envelope.metadata),
                     reason: bounded(e.to_string()),
-                }))
+                })))
             }
         }
     }
