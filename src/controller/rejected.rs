@@ -84,14 +84,11 @@ impl Rejections {
 
     /// The object decodes now, or is gone.
     pub fn cleared(&self, plural: &'static str, namespace: Option<&str>, name: &str) {
-        let key = (plural, namespace.unwrap_or_default().to_string(), name.to_string());
-        self.entries().remove(&key);
-    }
-
-    /// Why the cached object `plural`/`name` is rejected, if it is.
-    pub fn reason(&self, plural: &'static str, namespace: Option<&str>, name: &str) -> Option<String> {
-        let key = (plural, namespace.unwrap_or_default().to_string(), name.to_string());
-        self.entries().get(&key).map(|e| e.reason.clone())
+        let mut entries = self.entries();
+        if entries.is_empty() {
+            return; // the common case: nothing to look up for every object that decodes
+        }
+        entries.remove(&(plural, namespace.unwrap_or_default().to_string(), name.to_string()));
     }
 
     fn unreported(&self) -> Vec<(Key, ObjectReference, String)> {
@@ -136,10 +133,11 @@ impl Rejections {
                     action: "Decode".into(),
                     secondary: None,
                 };
-                match recorder.publish(&event, &reference).await {
-                    Ok(()) => self.mark_reported(&key, &reference.uid),
-                    Err(e) => warn!(error = %e, name = %key.2, "could not publish event"),
+                if let Err(e) = recorder.publish(&event, &reference).await {
+                    warn!(error = %e, name = %key.2, "could not publish event");
                 }
+                // Once per object and daemon run, like every report: a failure is logged, not retried.
+                self.mark_reported(&key, &reference.uid);
             }
         }
     }
@@ -156,4 +154,55 @@ async fn refuse_command(client: &Client, ns: &str, name: &str, note: &str) -> ku
     api.patch_status(name, &PatchParams::default(), &patch)
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn rejected(uid: &str, rv: &str) -> Rejected {
+        Rejected {
+            metadata: ObjectMeta {
+                name: Some("c".into()),
+                namespace: Some("t".into()),
+                uid: Some(uid.into()),
+                resource_version: Some(rv.into()),
+                ..ObjectMeta::default()
+            },
+            reason: "bad".into(),
+        }
+    }
+
+    fn count(m: &Metrics) -> String {
+        m.encode()
+            .lines()
+            .find(|l| l.starts_with("canaryd_objects_rejected_total{kind=\"rolloutcommands\"}"))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[test]
+    fn each_rejected_object_counts_once_until_it_is_replaced() {
+        let metrics = Arc::new(Metrics::default());
+        let r = Rejections::new(metrics.clone());
+        let add = |uid, rv| {
+            r.rejected(
+                "rolloutcommands",
+                "canaryd.io/v1alpha1",
+                "RolloutCommand",
+                &rejected(uid, rv),
+            )
+        };
+        add("u1", "1");
+        add("u1", "2"); // relisted, or its status written: the same object
+        assert!(count(&metrics).ends_with(" 1"), "{}", count(&metrics));
+        assert_eq!(r.unreported().len(), 1);
+        r.mark_reported(&("rolloutcommands", "t".into(), "c".into()), &Some("u1".into()));
+        assert!(r.unreported().is_empty());
+        add("u2", "3"); // deleted and created again under the same name
+        assert!(count(&metrics).ends_with(" 2"), "{}", count(&metrics));
+        r.cleared("rolloutcommands", Some("t"), "c");
+        assert!(r.unreported().is_empty() && r.entries().is_empty());
+    }
 }
