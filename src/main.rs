@@ -311,7 +311,13 @@ async fn run(
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     // A standby fills its caches too: it is ready, and takes over without a cold start.
     let (wake, woken) = canaryd::controller::wake_channel();
-    let caches = Caches::start(&client, options.namespace.as_deref(), &health, wake.clone());
+    let caches = Caches::start(
+        &client,
+        options.namespace.as_deref(),
+        &health,
+        metrics.clone(),
+        wake.clone(),
+    );
     let parts = |leader| Parts {
         caches,
         wake,

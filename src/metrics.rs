@@ -30,6 +30,11 @@ pub struct VerdictLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub namespace: String,
     pub policy: String,
@@ -57,6 +62,8 @@ pub struct Metrics {
     pub analysis_ticks: Counter,
     pub checks: Family<VerdictLabels, Counter>,
     pub analysis_duration: Histogram,
+    /// Objects the caches skip because they cannot be decoded, by kind (plural).
+    pub objects_rejected: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -74,6 +81,7 @@ impl Default for Metrics {
         let analysis_ticks = Counter::default();
         let checks = Family::<VerdictLabels, Counter>::default();
         let analysis_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let objects_rejected = Family::<KindLabels, Counter>::default();
         registry.register(
             "reconciles",
             "Reconciles by result and error category",
@@ -114,6 +122,11 @@ impl Default for Metrics {
             "Time of one analysis tick",
             analysis_duration.clone(),
         );
+        registry.register(
+            "objects_rejected",
+            "Objects skipped by the caches because they cannot be decoded, by kind",
+            objects_rejected.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             reconciles,
@@ -128,6 +141,7 @@ impl Default for Metrics {
             analysis_ticks,
             checks,
             analysis_duration,
+            objects_rejected,
         }
     }
 }
@@ -185,6 +199,10 @@ impl Metrics {
                 phase: phase.as_str(),
             });
         }
+    }
+
+    pub fn rejected(&self, kind: &'static str) {
+        self.objects_rejected.get_or_create(&KindLabels { kind }).inc();
     }
 
     /// OpenMetrics text.

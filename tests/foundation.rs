@@ -364,3 +364,69 @@ async fn the_crd_refuses_malformed_policies() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The user the test's client authenticates as (admission makes it a command's `requestedBy`).
+async fn whoami(client: &kube::Client) -> anyhow::Result<String> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let api: Api<SelfSubjectReview> = Api::all(client.clone());
+    let review = api
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await?;
+    let user = review.status.and_then(|s| s.user_info).and_then(|u| u.username);
+    user.ok_or_else(|| anyhow::anyhow!("no username in the SelfSubjectReview"))
+}
+
+/// The CRDs refuse what the daemon cannot decode or would refuse (issue 16): a step past u32 and a
+/// 70,000-character canary in a RolloutCommand, over-long strings and lists in the other kinds.
+/// Values at the bounds are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crds_refuse_what_the_daemon_cannot_decode() -> anyhow::Result<()> {
+    let client = support::client().await?;
+    let ns = "crd-bounds";
+    support::create_namespace(ns).await?;
+    let me = whoami(&client).await?;
+    let command = |name: &str, step: &str, canary: &str| {
+        format!(
+            "apiVersion: canaryd.io/v1alpha1\nkind: RolloutCommand\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+             spec: {{policy: app, command: promote, canary: {canary}, step: {step}, requestedBy: \"{me}\"}}\n"
+        )
+    };
+    let provider = |address: &str| {
+        format!(
+            "apiVersion: canaryd.io/v1alpha1\nkind: MetricProvider\nmetadata: {{name: crd-bounds}}\nspec: {{address: \"{address}\"}}\n"
+        )
+    };
+    let target = |users: usize| {
+        let users = vec!["U1"; users].join(", ");
+        format!(
+            "apiVersion: canaryd.io/v1alpha1\nkind: NotificationTarget\nmetadata: {{name: crd-bounds}}\n\
+             spec: {{slack: {{channel: C1, allowedUsers: [{users}]}}}}\n"
+        )
+    };
+    let policy = fixture::seed_yaml("rolloutpolicy.yaml", ns, ns);
+    let long_service = policy.replace("service: istio-test", &format!("service: {}", "s".repeat(254)));
+    let hook = "  webhooks:\n  - {name: h, type: pre-rollout, url: \"http://h\", retries: 4294967296}\n";
+    let overflowing_hook = policy.replace("  progressDeadline: 10m\n", &format!("  progressDeadline: 10m\n{hook}"));
+
+    // At the bounds: stored.
+    support::apply_yaml(&client, &command("at-bounds", "4294967295", &"a".repeat(64))).await?;
+    support::apply_yaml(&client, &provider(&format!("http://{}", "p".repeat(2041)))).await?;
+    support::apply_yaml(&client, &target(1000)).await?;
+
+    let cases = [
+        (command("step", "4294967296", "abc"), "spec.step"),
+        (command("canary", "1", &"a".repeat(70_000)), "spec.canary"),
+        (provider(&format!("http://{}", "p".repeat(2042))), "spec.address"),
+        (target(1001), "spec.slack.allowedUsers"),
+        (long_service, "spec.service"),
+        (overflowing_hook, "spec.webhooks[0].retries"),
+    ];
+    for (yaml, field) in cases {
+        let err = support::apply_yaml(&client, &yaml)
+            .await
+            .expect_err("the API server stored a value past the bound");
+        let text = format!("{err:#}");
+        anyhow::ensure!(text.contains(field), "case {field}: rejection does not name it: {text}");
+    }
+    Ok(())
+}

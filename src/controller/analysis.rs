@@ -49,11 +49,12 @@ pub async fn request(
     }
     let (prometheus, credentials, ca_pem) = match (&analysis.provider, &analysis.prometheus) {
         (Some(name), _) => match caches.provider(name) {
-            Some(provider) => {
+            Ok(provider) => {
                 let secrets: Api<Secret> = Api::namespaced(client.clone(), secrets_namespace);
                 resolve(&secrets, &provider).await?
             }
-            None => return Ok(None),
+            // Missing or rejected: observe makes the policy Invalid, naming it.
+            Err(_) => return Ok(None),
         },
         (None, Some(plain)) => (plain.clone(), None, None),
         (None, None) => return Ok(None),

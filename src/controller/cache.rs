@@ -2,7 +2,6 @@
 //! one watch per kind serves every policy. Writes still read fresh (they carry a resourceVersion).
 
 use std::fmt::Debug;
-use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,24 +23,28 @@ use crate::gates::target::NotificationTarget;
 use crate::http::Health;
 use crate::policy::provider::MetricProvider;
 
-use super::slim::{self, SlimDeployment, SlimDestinationRule, SlimService, SlimVirtualService};
+use super::rejected::Rejections;
+use super::slim::{self, Decoded, SlimDeployment, SlimDestinationRule, SlimService, SlimVirtualService};
+use crate::metrics::Metrics;
 
 /// How often the daemon says why its caches have not filled yet (RBAC, missing CRD).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Caches {
-    pub services: Store<SlimService>,
-    pub deployments: Store<SlimDeployment>,
-    pub hpas: Store<HorizontalPodAutoscaler>,
+    pub services: Store<Decoded<SlimService>>,
+    pub deployments: Store<Decoded<SlimDeployment>>,
+    pub hpas: Store<Decoded<HorizontalPodAutoscaler>>,
     /// VirtualServices and DestinationRules of every namespace: policies may name other namespaces.
-    pub virtual_services: Store<SlimVirtualService>,
-    pub destination_rules: Store<SlimDestinationRule>,
+    pub virtual_services: Store<Decoded<SlimVirtualService>>,
+    pub destination_rules: Store<Decoded<SlimDestinationRule>>,
     /// RolloutCommands (of `namespace`, or everywhere) and the cluster's MetricProviders.
-    pub commands: Store<RolloutCommand>,
-    pub providers: Store<MetricProvider>,
+    pub commands: Store<Decoded<RolloutCommand>>,
+    pub providers: Store<Decoded<MetricProvider>>,
     /// The cluster's NotificationTargets (read by the notifier).
-    pub targets: Store<NotificationTarget>,
+    pub targets: Store<Decoded<NotificationTarget>>,
+    /// The objects of every store that could not be decoded (held there as rejected).
+    pub rejections: Arc<Rejections>,
     /// True once every store had its first list. (A store's own readiness wakes only one waiter.)
     synced: tokio::sync::watch::Receiver<bool>,
 }
@@ -69,40 +72,61 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-/// Keep a reflector store of `api` filled for the daemon's lifetime; every watch item (also the
-/// lists and relists that touch no object) reports to `health` under `kind`.
-/// `slim` trims each object before the store holds it (see [`super::slim`]).
-fn spawn<K>(api: Api<K>, dyntype: K::DynamicType, kind: &'static str, health: Arc<Health>, slim: fn(&mut K)) -> Store<K>
-where
-    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone + Send + Sync,
-{
-    spawn_notifying(api, dyntype, kind, health, slim, |_| {})
+/// What every watch reports to: its health, and the objects it rejects.
+#[derive(Clone)]
+struct Report {
+    health: Arc<Health>,
+    rejections: Arc<Rejections>,
 }
 
-/// Like [`spawn`], calling `notify` with every object touched, after the store holds it.
-fn spawn_notifying<K>(
-    api: Api<K>,
-    dyntype: K::DynamicType,
-    kind: &'static str,
-    health: Arc<Health>,
-    slim: fn(&mut K),
-    notify: impl Fn(&K) + Send + 'static,
-) -> Store<K>
+/// Keep a reflector store of `api` filled for the daemon's lifetime; every watch item (also the
+/// lists and relists that touch no object) reports to `health` under `kind`. Each object decodes
+/// on its own: one that does not, or fails `check`, is held as [`Decoded::Rejected`] and reported.
+/// `slim` trims each object before the store holds it (see [`super::slim`]).
+fn spawn<K>(api: Api<Decoded<K>>, kind: &'static str, report: Report, slim: fn(&mut K)) -> Store<Decoded<K>>
 where
-    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
-    let writer = Writer::new(dyntype);
+    spawn_notifying(api, kind, report, slim, |_| Ok(()), |_| {})
+}
+
+/// Like [`spawn`], calling `notify` with every decoded object touched, after the store holds it.
+fn spawn_notifying<K>(
+    api: Api<Decoded<K>>,
+    kind: &'static str,
+    report: Report,
+    slim: fn(&mut K),
+    check: fn(&K) -> std::result::Result<(), String>,
+    notify: impl Fn(&K) + Send + 'static,
+) -> Store<Decoded<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let writer = Writer::new(());
     let reader = writer.as_reader();
+    let Report { health, rejections } = report;
     let watch = watcher(api, watcher::Config::default().any_semantic())
-        .modify(slim)
+        .modify(move |d: &mut Decoded<K>| {
+            d.check(check);
+            if let Decoded::Ok(k) = d {
+                slim(k);
+            }
+        })
         .backoff(WatchBackoff::default())
-        .inspect(move |item| health.watch_item(kind, item));
+        .inspect(move |item| {
+            health.watch_item(kind, item);
+            if let Ok(event) = item {
+                note_rejections(&rejections, kind, event);
+            }
+        });
     let stream = reflector::reflector(writer, watch).touched_objects();
     tokio::spawn(stream.for_each(move |event| {
         match event {
-            Ok(object) => notify(&object),
+            Ok(object) => {
+                if let Decoded::Ok(k) = &object {
+                    notify(k);
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "cache watch error; retrying"),
         }
         futures::future::ready(())
@@ -110,49 +134,74 @@ where
     reader
 }
 
+fn note_rejections<K: Resource<DynamicType = ()>>(
+    rejections: &Rejections,
+    kind: &'static str,
+    event: &watcher::Event<Decoded<K>>,
+) {
+    match event {
+        watcher::Event::Apply(d) | watcher::Event::InitApply(d) => match d {
+            Decoded::Rejected(r) => rejections.rejected(kind, &K::api_version(&()), &K::kind(&()), r),
+            Decoded::Ok(k) => rejections.cleared(kind, k.meta().namespace.as_deref(), &k.name_any()),
+        },
+        watcher::Event::Delete(d) => rejections.cleared(kind, d.meta().namespace.as_deref(), &d.name_any()),
+        watcher::Event::Init | watcher::Event::InitDone => {}
+    }
+}
+
 impl Caches {
     /// Start the watches (policy-side kinds in `namespace`, or everywhere); [`Caches::ready`] waits
     /// for their first list. A RolloutCommand's policy is sent to `wake` once the cache holds the command.
-    pub fn start(client: &Client, namespace: Option<&str>, health: &Arc<Health>, wake: UnboundedSender<Key>) -> Self {
+    pub fn start(
+        client: &Client,
+        namespace: Option<&str>,
+        health: &Arc<Health>,
+        metrics: Arc<Metrics>,
+        wake: UnboundedSender<Key>,
+    ) -> Self {
         fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(
             client: &Client,
             namespace: Option<&str>,
-        ) -> Api<K> {
+        ) -> Api<Decoded<K>> {
             match namespace {
                 Some(ns) => Api::namespaced(client.clone(), ns),
                 None => Api::all(client.clone()),
             }
         }
-        let h = || health.clone();
+        let rejections = Arc::new(Rejections::new(metrics));
+        let r = || Report {
+            health: health.clone(),
+            rejections: rejections.clone(),
+        };
         let (synced_tx, synced) = tokio::sync::watch::channel(false);
         let caches = Caches {
-            services: spawn(api::<SlimService>(client, namespace), (), "services", h(), |_| {}),
-            deployments: spawn(api::<SlimDeployment>(client, namespace), (), "deployments", h(), |_| {}),
+            services: spawn(api::<SlimService>(client, namespace), "services", r(), |_| {}),
+            deployments: spawn(api::<SlimDeployment>(client, namespace), "deployments", r(), |_| {}),
             hpas: spawn(
                 api::<HorizontalPodAutoscaler>(client, namespace),
-                (),
                 "horizontalpodautoscalers",
-                h(),
+                r(),
                 slim::hpa,
             ),
-            virtual_services: spawn(Api::all(client.clone()), (), "virtualservices", h(), |_| {}),
-            destination_rules: spawn(Api::all(client.clone()), (), "destinationrules", h(), |_| {}),
+            virtual_services: spawn(Api::all(client.clone()), "virtualservices", r(), |_| {}),
+            destination_rules: spawn(Api::all(client.clone()), "destinationrules", r(), |_| {}),
             commands: spawn_notifying(
                 api::<RolloutCommand>(client, namespace),
-                (),
                 "rolloutcommands",
-                h(),
+                r(),
                 |c| slim::meta(&mut c.metadata),
+                |c| c.spec.check(),
                 move |c: &RolloutCommand| {
                     let _ = wake.unbounded_send((c.namespace().unwrap_or_default(), c.spec.policy.clone()));
                 },
             ),
-            providers: spawn(Api::all(client.clone()), (), "metricproviders", h(), |p| {
+            providers: spawn(Api::all(client.clone()), "metricproviders", r(), |p| {
                 slim::meta(&mut p.metadata)
             }),
-            targets: spawn(Api::all(client.clone()), (), "notificationtargets", h(), |t| {
+            targets: spawn(Api::all(client.clone()), "notificationtargets", r(), |t| {
                 slim::meta(&mut t.metadata)
             }),
+            rejections: rejections.clone(),
             synced,
         };
         tokio::spawn(caches.clone().announce_sync(synced_tx, health.clone()));
@@ -204,24 +253,37 @@ impl Caches {
     /// The cached Service, as the type a reconcile reads.
     pub fn service(&self, ns: &str, name: &str) -> Option<Arc<Service>> {
         let s = self.services.get(&ObjectRef::new(name).within(ns))?;
-        Some(Arc::new(s.to_service()))
+        Some(Arc::new(s.ok()?.to_service()))
     }
 
     /// The cached Deployment, as the type a reconcile reads.
     pub fn deployment(&self, ns: &str, name: &str) -> Option<Arc<Deployment>> {
         let d = self.deployments.get(&ObjectRef::new(name).within(ns))?;
-        Some(Arc::new(d.to_deployment()))
+        Some(Arc::new(d.ok()?.to_deployment()))
     }
 
-    pub fn provider(&self, name: &str) -> Option<Arc<MetricProvider>> {
-        self.providers.get(&ObjectRef::new(name))
+    /// The MetricProvider, or why it is unusable: missing, or rejected (with the reason).
+    pub fn provider(&self, name: &str) -> std::result::Result<Arc<MetricProvider>, Option<String>> {
+        match self.providers.get(&ObjectRef::new(name)).as_deref() {
+            Some(Decoded::Ok(p)) => Ok(Arc::new(p.clone())),
+            Some(Decoded::Rejected(r)) => Err(Some(r.reason.clone())),
+            None => Err(None),
+        }
     }
 
     pub fn virtual_service(&self, ns: &str, name: &str) -> Option<Arc<SlimVirtualService>> {
-        self.virtual_services.get(&ObjectRef::new(name).within(ns))
+        ok(self.virtual_services.get(&ObjectRef::new(name).within(ns))?)
     }
 
     pub fn destination_rule(&self, ns: &str, name: &str) -> Option<Arc<SlimDestinationRule>> {
-        self.destination_rules.get(&ObjectRef::new(name).within(ns))
+        ok(self.destination_rules.get(&ObjectRef::new(name).within(ns))?)
+    }
+}
+
+/// The decoded object; a rejected one is absent to every reader.
+pub fn ok<K: Clone>(d: Arc<Decoded<K>>) -> Option<Arc<K>> {
+    match Arc::unwrap_or_clone(d) {
+        Decoded::Ok(k) => Some(Arc::new(k)),
+        Decoded::Rejected(_) => None,
     }
 }

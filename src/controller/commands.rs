@@ -31,7 +31,11 @@ fn pending(ctx: &Context, policy: &RolloutPolicy) -> Vec<Arc<RolloutCommand>> {
         .commands
         .state()
         .into_iter()
-        .filter(|c| c.namespace() == ns && c.spec.policy == name && c.status.is_none())
+        .filter(|d| {
+            d.ok()
+                .is_some_and(|c| c.namespace() == ns && c.spec.policy == name && c.status.is_none())
+        })
+        .filter_map(crate::controller::cache::ok)
         .collect();
     pending.sort_by_key(|c| (c.creation_timestamp().map(|t| t.0), c.name_any()));
     pending

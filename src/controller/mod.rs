@@ -10,6 +10,7 @@ mod commands;
 mod hooks;
 pub mod leader;
 pub mod observe;
+pub mod rejected;
 pub mod slim;
 mod superseded;
 
@@ -130,6 +131,12 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         health: health.clone(),
         superseded: superseded::Superseded::default(),
     });
+    // Objects the caches rejected: an Event each (and a refused command), while leading.
+    tokio::spawn(ctx.caches.rejections.clone().report(
+        ctx.client.clone(),
+        Recorder::new(ctx.client.clone(), reporter.clone()),
+        ctx.leader.clone(),
+    ));
     let writer = Writer::default();
     let store = writer.as_reader();
     // Notifications run beside the reconciles, never inside them: a slow receiver cannot hold one.

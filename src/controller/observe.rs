@@ -148,6 +148,7 @@ pub fn observe(
             .destination_rules
             .state()
             .iter()
+            .filter_map(|d| d.ok())
             .filter(|d| d.metadata.name.as_deref() == Some(spec.destination_rule.as_str()))
             .filter_map(|d| {
                 let value = d.to_value().ok()?;
@@ -216,8 +217,9 @@ pub fn observe(
                 .hpas
                 .state()
                 .iter()
+                .filter_map(|h| h.ok())
                 .filter(|h| h.namespace().as_deref() == Some(ns.as_str()))
-                .map(|h| (**h).clone())
+                .cloned()
                 .collect(),
         };
         scale_observed(&hpas, policy, &ns, stable_dep.as_deref(), canary_dep.as_deref())
@@ -227,12 +229,18 @@ pub fn observe(
     let mut problems = problems;
     problems.extend(scale_problems);
     if let Some(name) = spec.analysis.as_ref().and_then(|a| a.provider.as_deref())
-        && caches.provider(name).is_none()
+        && let Err(rejected) = caches.provider(name)
     {
         // Never a fallback to another Prometheus: the policy waits for its provider.
+        let message = match rejected {
+            None => format!("spec.analysis.provider: MetricProvider {name:?} does not exist"),
+            Some(why) => {
+                format!("spec.analysis.provider: MetricProvider {name:?} is rejected (cannot be decoded: {why})")
+            }
+        };
         problems.push(Problem {
             reason: "InvalidSpec".into(),
-            message: format!("spec.analysis.provider: MetricProvider {name:?} does not exist"),
+            message,
         });
     }
     let versions = [stable_dep.as_deref(), canary_dep.as_deref()]
@@ -284,6 +292,7 @@ fn old_stable_routes(caches: &Caches, policy: &RolloutPolicy, fqdn: &str) -> Vec
     let Some(subset) = pending else { return Vec::new() };
     let mut out = Vec::new();
     for vs in caches.virtual_services.state() {
+        let Some(vs) = vs.ok() else { continue };
         let vs_ns = vs.namespace().unwrap_or_default();
         let Ok(value) = vs.to_value() else { continue };
         for (route, weight) in routes_sending_to(&value, &vs_ns, fqdn, &subset) {

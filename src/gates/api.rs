@@ -29,6 +29,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::controller::secret_value;
+use crate::controller::slim::Decoded;
 use crate::gates::commands::{CommandKind, Outcome, RolloutCommand, RolloutCommandSpec, RolloutCommandStatus};
 use crate::gates::slack::interactivity::{self, Click, Unverified};
 use crate::gates::target::{NotificationTarget, SlackTarget};
@@ -516,10 +517,12 @@ fn unverified(why: Unverified) -> Response {
 impl Approvals {
     /// Slack NotificationTargets with a readable signing secret. One bad target never hides the others.
     async fn slack_targets(&self) -> Result<Vec<Known>, kube::Error> {
-        let targets: Api<NotificationTarget> = Api::all(self.inner.client.clone());
+        // Decoded one by one: a target that cannot be decoded is skipped, not every target.
+        let targets: Api<Decoded<NotificationTarget>> = Api::all(self.inner.client.clone());
         let secrets: Api<Secret> = Api::namespaced(self.inner.client.clone(), &self.inner.secrets_namespace);
         let mut known = Vec::new();
         for t in targets.list(&Default::default()).await?.items {
+            let Decoded::Ok(t) = t else { continue };
             let name = t.name_any();
             let Some(slack) = t.spec.slack else { continue };
             let Some(r) = slack.signing_secret.as_ref() else {

@@ -86,25 +86,43 @@ impl CommandKind {
 }]))]
 pub struct RolloutCommandSpec {
     /// The RolloutPolicy, in the command's namespace.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub policy: String,
     pub command: CommandKind,
     /// `status.canary.templateHash` of the policy when the command was given.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 64))]
     pub canary: String,
     /// `status.step` of the policy when the command was given (promotions must match it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<u32>,
     /// The Kubernetes user who created the command; admission refuses any other value.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 512))]
     pub requested_by: String,
     /// The person the daemon's approvals listener acted for (`slack:U123 (name)`, or the Kubernetes
     /// user of an approval API call); admission allows it only from the daemon's ServiceAccount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
     pub on_behalf_of: Option<String>,
 }
 
+/// Bounds of a command's strings: a Kubernetes object name, a template hash, a user name.
+pub const MAX_NAME: usize = 253;
+pub const MAX_HASH: usize = 64;
+pub const MAX_USER: usize = 512;
+
 impl RolloutCommandSpec {
+    /// The CRD's bounds, for commands stored before the CRD stated them.
+    pub fn check(&self) -> Result<(), String> {
+        let long = |field: &str, value: &str, max: usize| {
+            (value.len() > max).then(|| format!("spec.{field}: {} characters, at most {max}", value.len()))
+        };
+        let problem = long("policy", &self.policy, MAX_NAME)
+            .or_else(|| long("canary", &self.canary, MAX_HASH))
+            .or_else(|| long("requestedBy", &self.requested_by, MAX_USER))
+            .or_else(|| long("onBehalfOf", self.on_behalf_of.as_deref().unwrap_or_default(), MAX_USER));
+        problem.map_or(Ok(()), Err)
+    }
+
     /// Who the command is from, as Events and outcomes name them.
     pub fn by(&self) -> String {
         match &self.on_behalf_of {

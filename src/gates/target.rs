@@ -44,19 +44,22 @@ pub struct SlackTarget {
     pub webhook_url: Option<SecretKeyRef>,
     /// Channel ID for chat.postMessage (with a bot token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub channel: Option<String>,
     /// The Slack app's signing secret: without it, buttons are not shown and clicks are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_secret: Option<SecretKeyRef>,
     /// Slack user IDs (U…) allowed to click Approve / Abort on this target's messages.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000), inner(length(max = 64)))]
     pub allowed_users: Vec<String>,
     /// Slack user-group IDs (S…) whose members may click.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000), inner(length(max = 64)))]
     pub allowed_groups: Vec<String>,
     /// Slack Web API base URL; tests point it at a local stand-in.
     #[serde(default = "default_slack_api")]
-    #[schemars(regex(pattern = r"^https?://"))]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://"))]
     pub api_url: String,
 }
 

@@ -38,6 +38,7 @@ pub struct Webhook {
     pub interval: Duration,
     /// Sent as is in the payload's `metadata`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 1024}))]
     pub metadata: BTreeMap<String, String>,
     /// A bearer token from a Secret in the daemon's namespace. Sent only if the platform allowed
     /// this URL: the Secret's `canaryd.io/webhook-urls` annotation lists URL prefixes.

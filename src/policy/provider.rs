@@ -24,7 +24,7 @@ use super::types::{PrometheusAuth, SecretKeyRef};
 pub struct MetricProviderSpec {
     /// Base URL of Prometheus, e.g. https://prometheus.monitoring:9090. Credentials go only here;
     /// redirects are not followed.
-    #[schemars(length(min = 1), regex(pattern = r"^https?://"))]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://"))]
     pub address: String,
     /// Secrets in the daemon's namespace (canaryd-system).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,9 @@
 //! Schema pieces the derive cannot express: durations are checked by the API server, so a typo is
 //! refused at `kubectl apply` instead of breaking the daemon's watch.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use schemars::{Schema, SchemaGenerator, json_schema};
 
 /// humantime durations such as `30s`, `5m`, `1h 30m`. At most 4 parts of at most 9 digits each, so
@@ -21,6 +24,46 @@ pub fn duration(_: &mut SchemaGenerator) -> Schema {
 
 pub fn optional_duration(generator: &mut SchemaGenerator) -> Schema {
     duration(generator)
+}
+
+/// The values of each fixed-width integer format schemars writes. The API server checks
+/// `minimum`/`maximum`, not `format`: without them it stores a number the daemon cannot decode.
+fn format_range(format: &str) -> Option<(f64, f64)> {
+    Some(match format {
+        "uint8" => (0.0, f64::from(u8::MAX)),
+        "uint16" => (0.0, f64::from(u16::MAX)),
+        "uint32" => (0.0, f64::from(u32::MAX)),
+        "int8" => (f64::from(i8::MIN), f64::from(i8::MAX)),
+        "int16" => (f64::from(i16::MIN), f64::from(i16::MAX)),
+        "int32" => (f64::from(i32::MIN), f64::from(i32::MAX)),
+        _ => return None,
+    })
+}
+
+/// Give every fixed-width integer of a CRD schema the bounds of its width, where the type did
+/// not set tighter ones (spec and status alike).
+pub fn bound_integers(s: &mut JSONSchemaProps) {
+    if s.type_.as_deref() == Some("integer")
+        && let Some((min, max)) = s.format.as_deref().and_then(format_range)
+    {
+        s.minimum = Some(s.minimum.map_or(min, |m| m.max(min)));
+        s.maximum = Some(s.maximum.map_or(max, |m| m.min(max)));
+    }
+    let nested = s.properties.iter_mut().flat_map(|p| p.values_mut());
+    let listed = [&mut s.all_of, &mut s.any_of, &mut s.one_of]
+        .into_iter()
+        .flat_map(|l| l.iter_mut().flatten());
+    for child in nested.chain(listed) {
+        bound_integers(child);
+    }
+    match &mut s.items {
+        Some(JSONSchemaPropsOrArray::Schema(item)) => bound_integers(item),
+        Some(JSONSchemaPropsOrArray::Schemas(items)) => items.iter_mut().for_each(bound_integers),
+        None => {}
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(values)) = &mut s.additional_properties {
+        bound_integers(values);
+    }
 }
 
 #[cfg(test)]

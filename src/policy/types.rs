@@ -27,13 +27,13 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RolloutPolicySpec {
     /// The Kubernetes Service (in the policy's namespace); its FQDN is the route host.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub service: String,
     /// VirtualServices whose routes carry the Service's traffic; each may live in another namespace.
     #[schemars(length(min = 1, max = 32))]
     pub virtual_services: Vec<VirtualServiceRef>,
     /// The DestinationRule naming one subset per version; must live in the Service's namespace.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub destination_rule: String,
     /// The version that holds the traffic before the first rollout.
     pub stable: VersionRef,
@@ -70,14 +70,16 @@ pub struct RolloutPolicySpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Notification {
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub target: String,
     /// Which transitions (status reasons, e.g. RolloutStarted, WaitingForApproval, RolledBack,
     /// Promoted); empty: all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 64)))]
     pub events: Vec<String>,
     /// Slack user IDs allowed to approve this policy, on top of the target's list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(max = 64)))]
     pub approvers: Vec<String>,
 }
 
@@ -107,8 +109,10 @@ pub struct Scaling {
     pub scale_down_canary_on_rollback: bool,
     /// HPA names, when they cannot be found by their scaleTargetRef.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub stable_hpa: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub canary_hpa: Option<String>,
 }
 
@@ -143,15 +147,16 @@ pub fn default_progress_deadline() -> Duration {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VirtualServiceRef {
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// Defaults to the policy's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     pub namespace: Option<String>,
     /// Names of the http routes to manage. Absent: every route without a `match` that sends traffic
     /// to the Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 100))]
+    #[schemars(length(max = 100), inner(length(max = 253)))]
     pub routes: Option<Vec<String>>,
 }
 
@@ -159,9 +164,9 @@ pub struct VirtualServiceRef {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VersionRef {
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub subset: String,
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub deployment: String,
 }
 
@@ -486,7 +491,7 @@ pub struct Analysis {
     pub on_provider_error: OnProviderError,
     /// A MetricProvider (cluster-scoped, owned by the platform): address and credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub provider: Option<String>,
     /// A Prometheus without credentials, when no provider is named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -543,7 +548,7 @@ pub enum ProviderErrorAction {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PrometheusAddress {
     /// Base URL, e.g. http://prometheus.istio-system:9090
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 2048))]
     pub address: String,
     /// Per-query timeout.
     #[serde(default = "crate::policy::provider::default_query_timeout", with = "humantime_serde")]
@@ -569,16 +574,16 @@ pub struct PrometheusAuth {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretKeyRef {
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub key: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretRef {
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
 
@@ -591,11 +596,13 @@ pub struct SecretRef {
     {"rule": "has(self.min) || has(self.max) || has(self.relative)", "message": "a metric needs min, max or relative"}
 ]))]
 pub struct MetricCheck {
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub template: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16384))]
     pub query: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<f64>,

@@ -7,11 +7,13 @@
 //! parsed when a reconcile reads it, because a tree of `serde_json::Value`s costs several times
 //! the text. Writes never start from a cached object.
 
+mod decoded;
 mod deployment;
 mod istio;
 mod policy;
 mod service;
 
+pub use decoded::{Decoded, Rejected};
 pub use deployment::{SlimDeployment, TEMPLATE_HASH};
 pub use istio::{SlimDestinationRule, SlimVirtualService};
 pub use policy::SlimPolicy;

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use crate::controller::leader::LeaderGuard;
-use crate::controller::slim::SlimPolicy;
+use crate::controller::slim::{Decoded, SlimPolicy};
 use crate::gates::target::NotificationTarget;
 use crate::policy::types::{
     Notification, NotificationStatus, Phase, RolloutPolicy, RolloutPolicySpec, SecretKeyRef, Transition,
@@ -379,7 +379,7 @@ pub struct Notifier {
     pub client: Client,
     /// The controller's RolloutPolicy cache (untyped: an undecodable policy is skipped).
     pub policies: Store<SlimPolicy>,
-    pub targets: Store<NotificationTarget>,
+    pub targets: Store<Decoded<NotificationTarget>>,
     pub secrets_namespace: String,
     pub leader: LeaderGuard,
     pub recorder: Recorder,
@@ -392,7 +392,7 @@ impl Notifier {
     pub fn new(
         client: Client,
         policies: Store<SlimPolicy>,
-        targets: Store<NotificationTarget>,
+        targets: Store<Decoded<NotificationTarget>>,
         secrets_namespace: String,
         leader: LeaderGuard,
         recorder: Recorder,
@@ -478,7 +478,7 @@ impl Notifier {
     }
 
     fn target(&self, name: &str) -> Option<Arc<NotificationTarget>> {
-        self.targets.get(&ObjectRef::new(name))
+        crate::controller::cache::ok(self.targets.get(&ObjectRef::new(name))?)
     }
 
     /// Send what one target of one policy misses, reading the policy fresh (the cache may not show
@@ -520,8 +520,12 @@ impl Notifier {
         let name = policy.name_any();
         let key = (ns.clone(), name.clone(), n.target.clone());
         let Some(target) = self.target(&n.target) else {
+            let why = match self.targets.get(&ObjectRef::new(&n.target)).as_deref() {
+                Some(Decoded::Rejected(r)) => format!("is rejected (cannot be decoded: {})", r.reason),
+                _ => "not found".into(),
+            };
             let message = format!(
-                "spec.notifications[{i}].target: NotificationTarget {:?} not found; the rollout goes on without it",
+                "spec.notifications[{i}].target: NotificationTarget {:?} {why}; the rollout goes on without it",
                 n.target
             );
             self.report(policy, &key, "NotificationTargetNotFound", message).await;
