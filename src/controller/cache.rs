@@ -1,6 +1,7 @@
 //! Reflector caches of the objects a reconcile reads, so that observing a policy costs no API call:
 //! one watch per kind serves every policy. Writes still read fresh (they carry a resourceVersion).
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use kube::core::PartialObjectMeta;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -42,6 +44,8 @@ pub struct Caches {
     pub providers: Store<MetricProvider>,
     /// The cluster's NotificationTargets (read by the notifier).
     pub targets: Store<NotificationTarget>,
+    /// Namespaces' metadata: their labels say which platform objects their policies may use.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// True once every store had its first list. (A store's own readiness wakes only one waiter.)
     synced: tokio::sync::watch::Receiver<bool>,
 }
@@ -153,6 +157,11 @@ impl Caches {
             targets: spawn(Api::all(client.clone()), (), "notificationtargets", h(), |t| {
                 slim::meta(&mut t.metadata)
             }),
+            // Metadata only (list/watch on namespaces): their labels are all that is read.
+            namespaces: spawn(Api::all(client.clone()), (), "namespaces", h(), |n| {
+                slim::meta(&mut n.metadata);
+                n.metadata.annotations = None;
+            }),
             synced,
         };
         tokio::spawn(caches.clone().announce_sync(synced_tx, health.clone()));
@@ -169,6 +178,7 @@ impl Caches {
             self.commands.wait_until_ready().await?;
             self.providers.wait_until_ready().await?;
             self.targets.wait_until_ready().await?;
+            self.namespaces.wait_until_ready().await?;
             self.destination_rules.wait_until_ready().await
         };
         tokio::pin!(ready);
@@ -215,6 +225,12 @@ impl Caches {
 
     pub fn provider(&self, name: &str) -> Option<Arc<MetricProvider>> {
         self.providers.get(&ObjectRef::new(name))
+    }
+
+    /// A namespace's labels; None while the namespace is not in the cache.
+    pub fn namespace_labels(&self, ns: &str) -> Option<BTreeMap<String, String>> {
+        let n = self.namespaces.get(&ObjectRef::new(ns))?;
+        Some(n.metadata.labels.clone().unwrap_or_default())
     }
 
     pub fn virtual_service(&self, ns: &str, name: &str) -> Option<Arc<SlimVirtualService>> {

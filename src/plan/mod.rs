@@ -177,6 +177,11 @@ pub fn plan(spec: &RolloutPolicySpec, current: &RolloutPolicyStatus, obs: &Obser
         fire: Vec::new(),
     };
     p.run();
+    if p.st.phase == Phase::Invalid {
+        // A refused spec (or one naming what its namespace may not use) calls no hook at all.
+        p.wanted_hooks.clear();
+        p.fire.clear();
+    }
     let hooks = p.wanted_calls();
     Plan {
         status: p.st,
