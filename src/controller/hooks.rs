@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
-use crate::policy::selector::WEBHOOK_NAMESPACES_ANNOTATION;
 use crate::gates::webhook::{ALLOWED_URLS_ANNOTATION, Bearer, Credential, HookCall, PayloadVersion, url_allowed};
 use crate::plan::Plan;
+use crate::policy::selector::WEBHOOK_NAMESPACES_ANNOTATION;
 use crate::policy::types::{RolloutPolicy, SecretKeyRef};
 
 use super::tenancy::{Tokens, token_access};
@@ -38,7 +38,7 @@ pub fn addressed(
                 Some(Ok(secret)) => {
                     let policy_ns = call.payload.namespace.clone();
                     credential(secret, &r, &call.hook.url, secrets_namespace, (&policy_ns, labels))
-                },
+                }
                 Some(Err(e)) => Credential::Refused(format!("bearer token Secret {}: {e}", r.name)),
                 None => Credential::Refused(format!("bearer token Secret {}: not read", r.name)),
             };

@@ -82,13 +82,20 @@ pub fn problems(caches: &Caches, policy: &RolloutPolicy, tokens: &Tokens, secret
         if let Some(target) = caches.targets.get(&kube::runtime::reflector::ObjectRef::new(&n.target)) {
             let access = selector::access(target.spec.namespace_selector.as_ref(), labels.as_ref());
             let subject = format!("NotificationTarget {:?} (spec.namespaceSelector)", n.target);
-            refuse(TARGET_NOT_ALLOWED, format!("spec.notifications[{i}].target"), access, subject);
+            refuse(
+                TARGET_NOT_ALLOWED,
+                format!("spec.notifications[{i}].target"),
+                access,
+                subject,
+            );
         }
     }
     let mut seen = std::collections::BTreeSet::new();
     for (i, hook) in policy.spec.webhooks.iter().enumerate() {
         let Some(r) = &hook.bearer_token_secret else { continue };
-        let Some(Ok(secret)) = tokens.0.get(&r.name) else { continue };
+        let Some(Ok(secret)) = tokens.0.get(&r.name) else {
+            continue;
+        };
         if !seen.insert(r.name.as_str()) {
             continue;
         }

@@ -121,14 +121,13 @@ pub enum Access {
 impl Access {
     /// `subject` names the object and where its selector is, e.g. `MetricProvider "prom" (spec.namespaceSelector)`.
     pub fn refusal(&self, subject: &str, ns: &str) -> Option<String> {
-        let why = match self {
+        Some(match self {
             Access::Allowed => return None,
-            Access::NoSelector => "has no namespace selector, so no namespace may use it".to_string(),
-            Access::UnknownNamespace => format!("cannot be checked: namespace {ns:?} is not known yet"),
-            Access::NotSelected => format!("does not select namespace {ns:?}"),
-            Access::Malformed(e) => format!("is malformed and selects no namespace: {e}"),
-        };
-        Some(format!("{subject} {why}; namespace {ns:?} may not use it"))
+            Access::NoSelector => format!("{subject} has no namespace selector: no namespace may use it, nor {ns:?}"),
+            Access::UnknownNamespace => format!("{subject} cannot be checked: namespace {ns:?} is not known yet"),
+            Access::NotSelected => format!("{subject} does not select namespace {ns:?}"),
+            Access::Malformed(e) => format!("{subject} is malformed and selects no namespace, nor {ns:?}: {e}"),
+        })
     }
 }
 

@@ -64,7 +64,9 @@ fn absent_selects_none_empty_selects_all_unknown_namespace_is_refused() {
     assert_eq!(access(Some(&other), Some(&l)), Access::NotSelected);
     let message = access(Some(&other), Some(&l)).refusal("MetricProvider \"prom\"", "team-a");
     assert!(
-        message.as_deref().is_some_and(|m| m.contains("MetricProvider \"prom\"") && m.contains("\"team-a\"")),
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("MetricProvider \"prom\"") && m.contains("\"team-a\"")),
         "{message:?}"
     );
     assert_eq!(Access::Allowed.refusal("x", "y"), None);

@@ -483,7 +483,10 @@ impl Notifier {
 
     /// Why namespace `ns` may not use `target` (None: it may).
     fn refusal(&self, target: &NotificationTarget, name: &str, ns: &str) -> Option<String> {
-        let labels = self.namespaces.get(&ObjectRef::new(ns)).map(|n| n.metadata.labels.clone().unwrap_or_default());
+        let labels = self
+            .namespaces
+            .get(&ObjectRef::new(ns))
+            .map(|n| n.metadata.labels.clone().unwrap_or_default());
         let access = crate::policy::selector::access(target.spec.namespace_selector.as_ref(), labels.as_ref());
         access.refusal(&format!("NotificationTarget {name:?} (spec.namespaceSelector)"), ns)
     }
