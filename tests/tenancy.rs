@@ -144,6 +144,30 @@ async fn platform_objects_serve_only_the_namespaces_they_select() -> Result<()> 
             auth(&prom, "/").iter().all(|a| a.as_ref() == Some(&prom_bearer)),
             format!("provider: {:?}", auth(&prom, "/")),
         )?;
+        // The daemon reads Namespaces (list, watch) and nothing more of them.
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(fixture::daemon_kubeconfig().await?)?,
+            &Default::default(),
+        )
+        .await?;
+        let namespaces: Api<Namespace> = Api::all(kube::Client::try_from(config)?);
+        namespaces.list(&Default::default()).await?;
+        let labelled = json!({"metadata": {"labels": {"tenancy-test": "a"}}});
+        for (what, denied) in [
+            ("get", namespaces.get(&seed.ns).await.err()),
+            (
+                "patch",
+                namespaces
+                    .patch(&seed.ns, &PatchParams::default(), &Patch::Merge(&labelled))
+                    .await
+                    .err(),
+            ),
+        ] {
+            ensure(
+                matches!(denied, Some(kube::Error::Api(ref s)) if s.code == 403),
+                format!("the daemon may {what} a Namespace: {denied:?}"),
+            )?;
+        }
         Ok(())
     };
     run.await.map_err(|e| fixture::fail_with_logs(&daemon, e))
