@@ -65,7 +65,8 @@ impl DeploymentState {
 pub struct Observed {
     pub generation: Option<i64>,
     /// Preflight problems other than `canary_problems`: they stop a rollout before it starts and hold
-    /// one in progress at its weights (abort, analysis rollback and the progress deadline still work).
+    /// one in progress at its weights (abort and the progress deadline still work; an `Invalid` policy
+    /// gets no new analysis checks and calls no hook).
     pub problems: Vec<Problem>,
     /// Preflight problems that say the canary cannot serve (its Deployment missing, its subset gone or
     /// selecting none of its pods): a canary with traffic loses it.
@@ -357,8 +358,8 @@ impl Planner<'_> {
         })
     }
 
-    /// A rollout in progress meets a problem. Abort, analysis rollback and the progress deadline still
-    /// work; a canary that cannot serve loses its traffic; anything else holds the weights where they are.
+    /// A rollout in progress meets a problem. Abort, a check already in and the progress deadline
+    /// still work; a canary that cannot serve loses its traffic; anything else holds the weights where they are.
     fn troubled(
         &mut self,
         stable: &VersionRef,
