@@ -313,7 +313,7 @@ async fn slack_target(seed: &Seed, name: &str, secret: &str, api_url: &str) -> R
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: {target}, namespace: {SYSTEM_NS}}}\n\
          stringData: {{signing-secret: {secret}, bot-token: {BOT_TOKEN}}}\n---\n\
          apiVersion: canaryd.io/v1alpha1\nkind: NotificationTarget\nmetadata: {{name: {target}}}\n\
-         spec:\n  slack:\n    channel: C1\n    apiUrl: {api_url}/api\n\
+         spec:\n  namespaceSelector: {{}}\n  slack:\n    channel: C1\n    apiUrl: {api_url}/api\n\
          \x20   botToken: {{name: {target}, key: bot-token}}\n\
          \x20   signingSecret: {{name: {target}, key: signing-secret}}\n\
          \x20   allowedUsers: [UALLOWED]\n    allowedGroups: [S1]\n"

@@ -417,9 +417,9 @@ async fn a_token_goes_only_to_the_urls_its_secret_allows() -> Result<()> {
         // The platform's Secrets in the daemon's namespace: one allows the receiver's /start only.
         seed.apply(&format!(
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: hk-gate-token\n  namespace: canaryd-system\n  \
-             annotations: {{canaryd.io/webhook-urls: \"{}/start\"}}\nstringData: {{token: s3cret-hk}}\n---\n\
+             annotations: {{canaryd.io/webhook-urls: \"{}/start\", canaryd.io/webhook-namespaces: \"\"}}\nstringData: {{token: s3cret-hk}}\n---\n\
              apiVersion: v1\nkind: Secret\nmetadata:\n  name: hk-other-token\n  namespace: canaryd-system\n  \
-             annotations: {{canaryd.io/webhook-urls: \"http://elsewhere.test/\"}}\nstringData: {{token: not-for-you}}\n",
+             annotations: {{canaryd.io/webhook-urls: \"http://elsewhere.test/\", canaryd.io/webhook-namespaces: \"\"}}\nstringData: {{token: not-for-you}}\n",
             r.base
         ))
         .await?;

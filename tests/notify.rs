@@ -115,16 +115,16 @@ async fn targets(seed: &Seed, prefix: &str, slack_api: &str, teams: &str, hook: 
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: {prefix}-notify, namespace: canaryd-system}}\n\
          stringData: {{token: {TOKEN}, wrong: xoxb-wrong, signing: s1gning, teams: '{teams}', hook: '{hook}', slackhook: '{slack_hook}'}}\n---\n\
          apiVersion: canaryd.io/v1alpha1\nkind: NotificationTarget\nmetadata: {{name: {prefix}-slackhook}}\n\
-         spec: {{slack: {{webhookUrl: {{name: {prefix}-notify, key: slackhook}}}}}}\n---\n\
+         spec: {{namespaceSelector: {{}}, slack: {{webhookUrl: {{name: {prefix}-notify, key: slackhook}}}}}}\n---\n\
          apiVersion: canaryd.io/v1alpha1\nkind: NotificationTarget\nmetadata: {{name: {prefix}-slack}}\n\
-         spec: {{slack: {{botToken: {{name: {prefix}-notify, key: token}}, channel: C42, apiUrl: '{slack_api}',\n\
+         spec: {{namespaceSelector: {{}}, slack: {{botToken: {{name: {prefix}-notify, key: token}}, channel: C42, apiUrl: '{slack_api}',\n\
            signingSecret: {{name: {prefix}-notify, key: signing}}}}}}\n---\n\
          apiVersion: canaryd.io/v1alpha1\nkind: NotificationTarget\nmetadata: {{name: {prefix}-badslack}}\n\
-         spec: {{slack: {{botToken: {{name: {prefix}-notify, key: wrong}}, channel: C42, apiUrl: '{slack_api}'}}}}\n---\n\
+         spec: {{namespaceSelector: {{}}, slack: {{botToken: {{name: {prefix}-notify, key: wrong}}, channel: C42, apiUrl: '{slack_api}'}}}}\n---\n\
          apiVersion: canaryd.io/v1alpha1\nkind: NotificationTarget\nmetadata: {{name: {prefix}-teams}}\n\
-         spec: {{teams: {{url: {{name: {prefix}-notify, key: teams}}}}}}\n---\n\
+         spec: {{namespaceSelector: {{}}, teams: {{url: {{name: {prefix}-notify, key: teams}}}}}}\n---\n\
          apiVersion: canaryd.io/v1alpha1\nkind: NotificationTarget\nmetadata: {{name: {prefix}-hook}}\n\
-         spec: {{webhook: {{url: {{name: {prefix}-notify, key: hook}}}}}}\n"
+         spec: {{namespaceSelector: {{}}, webhook: {{url: {{name: {prefix}-notify, key: hook}}}}}}\n"
     );
     seed.apply(&yaml).await
 }

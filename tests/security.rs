@@ -336,7 +336,7 @@ async fn credentials_go_only_to_the_address_their_provider_names() -> Result<()>
         &format!(
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: sec-prom-token, namespace: {SYSTEM_NS}}}\nstringData: {{token: {token}}}\n---\n\
              apiVersion: canaryd.io/v1alpha1\nkind: MetricProvider\nmetadata: {{name: sec-prom}}\n\
-             spec: {{address: {}, auth: {{bearerTokenSecret: {{name: sec-prom-token, key: token}}}}}}\n",
+             spec: {{address: {}, namespaceSelector: {{}}, auth: {{bearerTokenSecret: {{name: sec-prom-token, key: token}}}}}}\n",
             provider.url()
         ),
     )

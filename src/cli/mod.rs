@@ -2,6 +2,7 @@
 //! decides who may. Steering a rollout creates a RolloutCommand (an approver needs only `create`
 //! on rolloutcommands, never a write to the policy, whose spec Git owns).
 
+mod platform;
 pub mod status;
 pub mod validate;
 

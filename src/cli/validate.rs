@@ -59,7 +59,8 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Validate every RolloutPolicy document in a (multi-document) YAML text; other kinds are skipped.
+/// Validate every RolloutPolicy document in a (multi-document) YAML text, and the namespace
+/// selectors of MetricProviders, NotificationTargets and webhook-token Secrets; other kinds are skipped.
 pub fn validate_text(text: &str) -> (usize, Vec<String>) {
     let docs: Vec<Value> = match serde_saphyr::from_multiple(text) {
         Ok(docs) => docs,
@@ -68,6 +69,10 @@ pub fn validate_text(text: &str) -> (usize, Vec<String>) {
     let mut errors = Vec::new();
     let mut policies = 0;
     for (i, doc) in docs.iter().enumerate() {
+        if let Some(platform) = super::platform::validate(doc) {
+            errors.extend(platform);
+            continue;
+        }
         if doc.get("kind").and_then(Value::as_str) != Some("RolloutPolicy") {
             continue;
         }

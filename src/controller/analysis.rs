@@ -13,7 +13,8 @@ use crate::analysis::prometheus::Credentials;
 use crate::analysis::templates::{Vars, VersionVars};
 use crate::error::{Error, Result};
 use crate::policy::provider::MetricProvider;
-use crate::policy::types::{PrometheusAddress, RolloutPolicy, RolloutPolicyStatus, SecretKeyRef, VersionRef};
+use crate::policy::selector::Access;
+use crate::policy::types::{Phase, PrometheusAddress, RolloutPolicy, RolloutPolicyStatus, SecretKeyRef, VersionRef};
 
 use super::cache::Caches;
 
@@ -26,7 +27,8 @@ fn version_vars(v: &VersionRef, versions: &BTreeMap<String, String>) -> VersionV
 }
 
 /// None when nothing is to be judged: no analysis, no canary in progress, or no traffic on it yet,
-/// or a provider that does not exist (observe reports it).
+/// a provider that does not exist or that the policy's namespace may not use (observe reports
+/// both), or a policy that is `Invalid` (its spec, or what it names, is refused: no query runs).
 pub async fn request(
     client: &Client,
     caches: &Caches,
@@ -44,12 +46,16 @@ pub async fn request(
     let Some(since) = status.analysis.as_ref().and_then(|a| a.since) else {
         return Ok(None);
     };
-    if canary.halted.is_some() {
+    if canary.halted.is_some() || status.phase == Phase::Invalid {
         return Ok(None);
     }
     let (prometheus, credentials, ca_pem) = match (&analysis.provider, &analysis.prometheus) {
         (Some(name), _) => match caches.provider(name) {
             Ok(provider) => {
+                let ns = policy.namespace().unwrap_or_default();
+                if super::tenancy::provider_access(caches, &provider, &ns) != Access::Allowed {
+                    return Ok(None);
+                }
                 let secrets: Api<Secret> = Api::namespaced(client.clone(), secrets_namespace);
                 resolve(&secrets, &provider).await?
             }

@@ -1,6 +1,7 @@
 //! Reflector caches of the objects a reconcile reads, so that observing a policy costs no API call:
 //! one watch per kind serves every policy. Writes still read fresh (they carry a resourceVersion).
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +10,9 @@ use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -43,6 +45,8 @@ pub struct Caches {
     pub providers: Store<Decoded<MetricProvider>>,
     /// The cluster's NotificationTargets (read by the notifier).
     pub targets: Store<Decoded<NotificationTarget>>,
+    /// Namespaces' metadata: their labels say which platform objects their policies may use.
+    pub namespaces: Store<Decoded<PartialObjectMeta<Namespace>>>,
     /// The objects of every store that could not be decoded (held there as rejected).
     pub rejections: Arc<Rejections>,
     /// True once every store had its first list. (A store's own readiness wakes only one waiter.)
@@ -201,6 +205,11 @@ impl Caches {
             targets: spawn(Api::all(client.clone()), "notificationtargets", r(), |t| {
                 slim::meta(&mut t.metadata)
             }),
+            // Metadata only (list/watch on namespaces): their labels are all that is read.
+            namespaces: spawn(Api::all(client.clone()), "namespaces", r(), |n| {
+                slim::meta(&mut n.metadata);
+                n.metadata.annotations = None;
+            }),
             rejections: rejections.clone(),
             synced,
         };
@@ -218,6 +227,7 @@ impl Caches {
             self.commands.wait_until_ready().await?;
             self.providers.wait_until_ready().await?;
             self.targets.wait_until_ready().await?;
+            self.namespaces.wait_until_ready().await?;
             self.destination_rules.wait_until_ready().await
         };
         tokio::pin!(ready);
@@ -269,6 +279,12 @@ impl Caches {
             Some(Decoded::Rejected(r)) => Err(Some(r.reason.clone())),
             None => Err(None),
         }
+    }
+
+    /// A namespace's labels; None while the namespace is not in the cache.
+    pub fn namespace_labels(&self, ns: &str) -> Option<BTreeMap<String, String>> {
+        let n = ok(self.namespaces.get(&ObjectRef::new(ns))?)?;
+        Some(n.metadata.labels.clone().unwrap_or_default())
     }
 
     pub fn virtual_service(&self, ns: &str, name: &str) -> Option<Arc<SlimVirtualService>> {

@@ -1,28 +1,31 @@
 //! What the controller adds to the planner's webhook calls: the policy's name and namespace, the
 //! versions' `version` labels, and bearer tokens, which the pure planner does not know. A token
 //! comes only from a Secret in the daemon's own namespace, and only for URLs the platform listed
-//! on that Secret (`canaryd.io/webhook-urls`): a policy author cannot send it anywhere else.
+//! on that Secret (`canaryd.io/webhook-urls`): a policy author cannot send it anywhere else. Nor
+//! from a namespace the Secret's `canaryd.io/webhook-namespaces` does not select (see `tenancy`).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 
 use crate::gates::webhook::{ALLOWED_URLS_ANNOTATION, Bearer, Credential, HookCall, PayloadVersion, url_allowed};
 use crate::plan::Plan;
+use crate::policy::selector::WEBHOOK_NAMESPACES_ANNOTATION;
 use crate::policy::types::{RolloutPolicy, SecretKeyRef};
 
-/// The plan's wanted and fire-and-forget calls, addressed to this policy.
-pub async fn addressed(
-    client: &Client,
+use super::tenancy::{Tokens, token_access};
+
+/// The plan's wanted and fire-and-forget calls, addressed to this policy; `labels` are its
+/// namespace's (None: not known, so no token).
+pub fn addressed(
+    tokens: &Tokens,
+    labels: Option<&BTreeMap<String, String>>,
     secrets_namespace: &str,
     policy: &RolloutPolicy,
     versions: &BTreeMap<String, String>,
     plan: &mut Plan,
 ) -> (Vec<HookCall>, Vec<HookCall>) {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), secrets_namespace);
-    let mut read: BTreeMap<String, Result<Secret, String>> = BTreeMap::new();
     let mut out = (Vec::new(), Vec::new());
     for (call, fire) in std::mem::take(&mut plan.hooks)
         .into_iter()
@@ -31,14 +34,13 @@ pub async fn addressed(
     {
         let mut call = fill(policy, versions, call);
         if let Some(r) = call.hook.bearer_token_secret.clone() {
-            if !read.contains_key(&r.name) {
-                let got = secrets.get(&r.name).await.map_err(|e| e.to_string());
-                read.insert(r.name.clone(), got);
-            }
-            call.credential = match read.get(&r.name) {
-                Some(Ok(secret)) => credential(secret, &r, &call.hook.url, secrets_namespace),
+            call.credential = match tokens.0.get(&r.name) {
+                Some(Ok(secret)) => {
+                    let policy_ns = call.payload.namespace.clone();
+                    credential(secret, &r, &call.hook.url, secrets_namespace, (&policy_ns, labels))
+                }
                 Some(Err(e)) => Credential::Refused(format!("bearer token Secret {}: {e}", r.name)),
-                None => Credential::None,
+                None => Credential::Refused(format!("bearer token Secret {}: not read", r.name)),
             };
         }
         if fire { &mut out.1 } else { &mut out.0 }.push(call);
@@ -61,9 +63,19 @@ fn fill(policy: &RolloutPolicy, versions: &BTreeMap<String, String>, mut call: H
     call
 }
 
-/// The token, if the Secret allows this URL and has the key.
-fn credential(secret: &Secret, r: &SecretKeyRef, url: &str, ns: &str) -> Credential {
+/// The token, if the Secret allows this URL and this namespace, and has the key.
+fn credential(
+    secret: &Secret,
+    r: &SecretKeyRef,
+    url: &str,
+    ns: &str,
+    (policy_ns, labels): (&str, Option<&BTreeMap<String, String>>),
+) -> Credential {
     let refused = |why: &str| Credential::Refused(format!("bearer token Secret {ns}/{}: {why}", r.name));
+    let subject = format!("its {WEBHOOK_NAMESPACES_ANNOTATION} annotation");
+    if let Some(why) = token_access(secret, labels).refusal(&subject, policy_ns) {
+        return refused(&why);
+    }
     let allowed = secret.annotations().get(ALLOWED_URLS_ANNOTATION);
     if !allowed.is_some_and(|a| url_allowed(a, url)) {
         return refused(&format!(

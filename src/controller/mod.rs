@@ -13,6 +13,7 @@ pub mod observe;
 pub mod rejected;
 pub mod slim;
 mod superseded;
+pub mod tenancy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,7 +144,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
     match crate::gates::notify::Notifier::new(
         ctx.client.clone(),
         store.clone(),
-        ctx.caches.targets.clone(),
+        (ctx.caches.targets.clone(), ctx.caches.namespaces.clone()),
         options.secrets_namespace.clone(),
         ctx.leader.clone(),
         Recorder::new(ctx.client.clone(), reporter),
@@ -376,6 +377,10 @@ async fn add_finalizer(ctx: &Context, policy: &RolloutPolicy) -> Result<()> {
 
 /// A policy that cannot be decoded: phase Invalid with the field, one Warning Event; others go on.
 async fn report_undecodable(obj: &SlimPolicy, ctx: &Context, e: &DecodeError) -> Result<Requeue> {
+    // Nothing of what it asked for before runs on: no query, no hook.
+    let key = (obj.namespace().unwrap_or_default(), obj.name_any());
+    ctx.engine.want(key.clone(), None);
+    ctx.hooks.want(key, Vec::new());
     let message = format!("the policy cannot be read: {e}");
     // A status that is not JSON we can read counts as none (it is replaced below).
     let status = obj.status_value().ok().filter(|s| !s.is_null());
@@ -478,7 +483,10 @@ impl RolloutPolicy {
         let key: Key = (self.namespace().unwrap_or_default(), self.name_any());
         let fresh = observe::Fresh::read_if_recording(&ctx.client, self).await?;
         let command = commands::next(ctx, self).await?;
+        let tokens = tenancy::Tokens::read(&ctx.client, &ctx.options.secrets_namespace, self).await;
         let mut seen = observe::observe(&ctx.caches, self, ctx.engine.latest(&key), fresh)?;
+        let refused = tenancy::problems(&ctx.caches, self, &tokens, &ctx.options.secrets_namespace);
+        seen.observed.problems.extend(refused);
         seen.observed.command = command.as_ref().map(|c| c.command.clone());
         seen.observed.hooks = ctx.hooks.latest(&key);
         let current = self.status.clone().unwrap_or_default();
@@ -500,13 +508,13 @@ impl RolloutPolicy {
             }
         }
         let (wanted, fire) = hooks::addressed(
-            &ctx.client,
+            &tokens,
+            ctx.caches.namespace_labels(&key.0).as_ref(),
             &ctx.options.secrets_namespace,
             self,
             &seen.versions,
             &mut plan,
-        )
-        .await;
+        );
         if plan.status != current {
             act::write_status(self, ctx, &plan.status).await?;
             // Only transitions that are recorded are announced.

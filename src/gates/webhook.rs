@@ -34,7 +34,7 @@ pub struct Webhook {
     pub retries: u32,
     /// How often a hook that said no (or a rollout/rollback hook) is asked again.
     #[serde(default = "default_interval", with = "humantime_serde")]
-    #[schemars(schema_with = "crate::policy::schema::duration")]
+    #[schemars(schema_with = "crate::policy::schema::interval")]
     pub interval: Duration,
     /// Sent as is in the payload's `metadata`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -313,3 +313,30 @@ fn promote_full_does_not_skip_a_webhook_gate() {
     sim.settle();
     assert_eq!(sim.status.phase, Phase::Succeeded);
 }
+
+#[test]
+fn an_invalid_policy_calls_no_hook_neither_wanted_nor_fired() {
+    let hooks = vec![hook("stop", HookType::Rollback, 0), hook("news", HookType::Event, 0)];
+    let mut sim = with(hooks.clone(), vec![w(10), pause(None), w(100)]);
+    let p = sim.settle();
+    assert_eq!(sim.canary_weight(), 10);
+    assert_eq!(wanted(&p), vec![("stop".to_string(), true)]);
+    // Mid-rollout, the namespace loses its provider: Invalid, holding, and no hook of any type.
+    sim.obs.problems.push(Problem {
+        reason: "ProviderNotAllowed".into(),
+        message: "spec.analysis.provider: MetricProvider \"prom\" does not select namespace \"b\"".into(),
+    });
+    let p = sim.step();
+    assert_eq!(sim.status.phase, Phase::Invalid);
+    assert!(p.hooks.is_empty() && p.fire.is_empty(), "{:?} {:?}", p.hooks, p.fire);
+    sim.advance(10);
+    let p = sim.step();
+    assert!(p.hooks.is_empty() && p.fire.is_empty(), "{:?} {:?}", p.hooks, p.fire);
+    // A new policy that is Invalid from the start announces nothing either.
+    let mut fresh = with(hooks, vec![w(10), w(100)]);
+    fresh.spec.steps[0] = w(100);
+    fresh.spec.steps[1] = w(10); // weights must grow: a validation failure
+    let p = fresh.step();
+    assert_eq!(fresh.status.phase, Phase::Invalid);
+    assert!(p.hooks.is_empty() && p.fire.is_empty(), "{:?} {:?}", p.hooks, p.fire);
+}

@@ -72,7 +72,8 @@ impl DeploymentState {
 pub struct Observed {
     pub generation: Option<i64>,
     /// Preflight problems other than `canary_problems`: they stop a rollout before it starts and hold
-    /// one in progress at its weights (abort, analysis rollback and the progress deadline still work).
+    /// one in progress at its weights (abort and the progress deadline still work; an `Invalid` policy
+    /// gets no new analysis checks and calls no hook).
     pub problems: Vec<Problem>,
     /// Preflight problems that say the canary cannot serve (its Deployment missing, its subset gone or
     /// selecting none of its pods): a canary with traffic loses it.
@@ -184,6 +185,11 @@ pub fn plan(spec: &RolloutPolicySpec, current: &RolloutPolicyStatus, obs: &Obser
         fire: Vec::new(),
     };
     p.run();
+    if p.st.phase == Phase::Invalid {
+        // A refused spec (or one naming what its namespace may not use) calls no hook at all.
+        p.wanted_hooks.clear();
+        p.fire.clear();
+    }
     let hooks = p.wanted_calls();
     Plan {
         status: p.st,
@@ -372,8 +378,8 @@ impl Planner<'_> {
         })
     }
 
-    /// A rollout in progress meets a problem. Abort, analysis rollback and the progress deadline still
-    /// work; a canary that cannot serve loses its traffic; anything else holds the weights where they are.
+    /// A rollout in progress meets a problem. Abort, a check already in and the progress deadline
+    /// still work; a canary that cannot serve loses its traffic; anything else holds the weights where they are.
     fn troubled(
         &mut self,
         stable: &VersionRef,

@@ -2,6 +2,7 @@
 
 pub mod provider;
 pub mod schema;
+pub mod selector;
 pub mod types;
 pub mod validate;
 

@@ -8,6 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::selector::NamespaceSelector;
 use super::types::{PrometheusAuth, SecretKeyRef};
 
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -36,6 +37,10 @@ pub struct MetricProviderSpec {
     #[serde(default = "default_query_timeout", with = "humantime_serde")]
     #[schemars(schema_with = "crate::policy::schema::duration")]
     pub timeout: Duration,
+    /// The namespaces whose policies may use this provider (and so its credentials); `{}` allows
+    /// every namespace, and without it no namespace may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<NamespaceSelector>,
 }
 
 pub fn default_query_timeout() -> Duration {

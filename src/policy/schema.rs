@@ -22,6 +22,20 @@ pub fn duration(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// At least one part of a whole second or more (`1s`, `5m`): an interval the API server lets
+/// through at 0 s (or in milliseconds) would be a check every tick of the daemon's loops. Stricter
+/// than the daemon's own "at least 1s" (`1000ms` is refused here), never looser.
+pub const INTERVAL_RULE: &str = "self.matches('[1-9][0-9]* *(s|sec|secs|second|seconds|m|min|mins|minute|minutes|h|hr|hrs|hour|hours|d|day|days|w|week|weeks)([^a-z]|$)')";
+
+pub fn interval(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = duration(generator);
+    schema.insert(
+        "x-kubernetes-validations".into(),
+        serde_json::json!([{"rule": INTERVAL_RULE, "message": "must be at least 1s (e.g. 1s, 30s, 5m)"}]),
+    );
+    schema
+}
+
 pub fn optional_duration(generator: &mut SchemaGenerator) -> Schema {
     duration(generator)
 }

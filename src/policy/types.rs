@@ -469,7 +469,7 @@ impl RolloutPolicySpec {
 pub struct Analysis {
     /// How often every metric is checked (down to 1s).
     #[serde(default = "default_interval", with = "humantime_serde")]
-    #[schemars(schema_with = "crate::policy::schema::duration")]
+    #[schemars(schema_with = "crate::policy::schema::interval")]
     pub interval: Duration,
     /// No judgement before the canary has served traffic this long.
     #[serde(default, with = "humantime_serde")]

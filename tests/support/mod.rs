@@ -6,6 +6,7 @@ mod controlplane;
 mod k8s;
 mod process;
 mod prometheus;
+pub mod standin;
 
 // Re-exports: every test binary uses a different subset.
 #[allow(unused_imports)]

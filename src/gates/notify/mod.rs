@@ -17,8 +17,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret as KubeSecret;
+use k8s_openapi::api::core::v1::{Namespace, Secret as KubeSecret};
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
@@ -380,6 +381,8 @@ pub struct Notifier {
     /// The controller's RolloutPolicy cache (untyped: an undecodable policy is skipped).
     pub policies: Store<SlimPolicy>,
     pub targets: Store<Decoded<NotificationTarget>>,
+    /// Namespaces' labels: which targets a policy's namespace may use.
+    pub namespaces: Store<Decoded<PartialObjectMeta<Namespace>>>,
     pub secrets_namespace: String,
     pub leader: LeaderGuard,
     pub recorder: Recorder,
@@ -392,7 +395,10 @@ impl Notifier {
     pub fn new(
         client: Client,
         policies: Store<SlimPolicy>,
-        targets: Store<Decoded<NotificationTarget>>,
+        (targets, namespaces): (
+            Store<Decoded<NotificationTarget>>,
+            Store<Decoded<PartialObjectMeta<Namespace>>>,
+        ),
         secrets_namespace: String,
         leader: LeaderGuard,
         recorder: Recorder,
@@ -401,6 +407,7 @@ impl Notifier {
             client,
             policies,
             targets,
+            namespaces,
             secrets_namespace,
             leader,
             recorder,
@@ -477,6 +484,17 @@ impl Notifier {
         unreported || (due && !pending(&status.history, entry).is_empty())
     }
 
+    /// Why namespace `ns` may not use `target` (None: it may).
+    fn refusal(&self, target: &NotificationTarget, name: &str, ns: &str) -> Option<String> {
+        let labels = self
+            .namespaces
+            .get(&ObjectRef::new(ns))
+            .and_then(crate::controller::cache::ok)
+            .map(|n| n.metadata.labels.clone().unwrap_or_default());
+        let access = crate::policy::selector::access(target.spec.namespace_selector.as_ref(), labels.as_ref());
+        access.refusal(&format!("NotificationTarget {name:?} (spec.namespaceSelector)"), ns)
+    }
+
     fn target(&self, name: &str) -> Option<Arc<NotificationTarget>> {
         crate::controller::cache::ok(self.targets.get(&ObjectRef::new(name))?)
     }
@@ -531,6 +549,12 @@ impl Notifier {
             self.report(policy, &key, "NotificationTargetNotFound", message).await;
             return Ok(());
         };
+        if let Some(why) = self.refusal(&target, &n.target, &ns) {
+            // Nothing is sent, and nothing recorded: the policy is Invalid for it (see tenancy).
+            let message = format!("spec.notifications[{i}].target: {why}");
+            self.report(policy, &key, "NotificationTargetNotAllowed", message).await;
+            return Ok(());
+        }
         if let Some(e) = n.events.iter().find(|e| !known_event(e)) {
             let message = format!("spec.notifications[{i}].events: unknown event {e:?}; it matches no transition");
             self.report(policy, &key, "NotificationEventUnknown", message).await;
