@@ -3,6 +3,7 @@
 //! The pipeline per RolloutPolicy is observe → plan (pure) → act → status; see README.md.
 
 pub mod analysis;
+pub mod body;
 pub mod cli;
 pub mod controller;
 pub mod error;

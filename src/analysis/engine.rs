@@ -13,7 +13,7 @@ use jiff::Timestamp;
 
 pub use super::check::Check;
 use super::judge::{self, Sample};
-use super::prometheus::{Credentials, PromClient, PromError};
+use super::prometheus::{Credentials, Keep, PromClient, PromError};
 use super::templates::{self, Template, Vars};
 use crate::metrics::{CategoryLabels, Metrics, VerdictLabels};
 use crate::policy::types::{Analysis, MetricCheck, MetricResult, PrometheusAddress, Verdict};
@@ -117,7 +117,7 @@ fn metric_query(analysis: &Analysis, metric: &MetricCheck, vars: &Vars) -> Resul
 
 /// The PromQL of every distinct query of a tick: each grouped query selects the workloads of all
 /// the rollouts due that use it, and no other.
-fn tick_queries(due: &[(Key, Request)]) -> BTreeMap<Query, String> {
+fn tick_queries(due: &[(Key, Request)]) -> BTreeMap<Query, (String, Option<templates::Selection>)> {
     let mut grouped: BTreeMap<String, (Template, String, templates::Selection)> = BTreeMap::new();
     let mut out = BTreeMap::new();
     for (_, req) in due {
@@ -134,14 +134,15 @@ fn tick_queries(due: &[(Key, Request)]) -> BTreeMap<Query, String> {
                     entry.2.add(&v.namespace, &[&v.stable.deployment, &v.canary.deployment]);
                 }
                 Ok(Query::Custom(text)) => {
-                    out.insert(Query::Custom(text.clone()), text);
+                    out.insert(Query::Custom(text.clone()), (text, None));
                 }
                 Err(_) => {}
             }
         }
     }
     for (key, (t, window, selection)) in grouped {
-        out.insert(Query::Grouped(key), templates::grouped_query(t, &window, &selection));
+        let text = templates::grouped_query(t, &window, &selection);
+        out.insert(Query::Grouped(key), (text, Some(selection)));
     }
     out
 }
@@ -254,7 +255,11 @@ impl Engine {
         let wanted = tick_queries(&due);
         let answers: HashMap<Query, Result<Vec<Sample>, PromError>> = match client {
             Some(Ok(client)) => {
-                let asked = join_all(wanted.values().map(|q| client.query(q))).await;
+                let asked = join_all(wanted.values().map(|(q, selection)| {
+                    let keep = selection.as_ref().map_or(Keep::FirstTwo, Keep::Selected);
+                    client.query_kept(q, keep)
+                }))
+                .await;
                 wanted.into_keys().zip(asked).collect()
             }
             Some(Err(e)) => wanted.into_keys().map(|q| (q, Err(e.clone()))).collect(),
@@ -430,7 +435,7 @@ mod tests {
         let grouped: Vec<&String> = queries
             .iter()
             .filter(|(k, _)| matches!(k, Query::Grouped(_)))
-            .map(|(_, q)| q)
+            .map(|(_, (q, _))| q)
             .collect();
         // success rate and duration, each over 1m and 5m; the custom query once per namespace.
         assert_eq!(grouped.len(), 4, "{queries:#?}");

@@ -3,16 +3,46 @@
 //! Observations carry the request count of the window when it is known (built-in templates), so
 //! that too little traffic is told apart from a bad canary.
 
-use std::collections::BTreeMap;
-
 use crate::analysis::templates::Template;
 use crate::policy::types::{MetricCheck, Verdict};
 
 /// One element of an instant vector.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Sample {
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub value: f64,
+}
+
+/// A sample's labels: the few the judge reads, sorted by name. A short list, not a map: a map's
+/// node costs more than the handful of labels a sample keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Labels(Vec<(String, String)>);
+
+impl Labels {
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    pub fn insert(&mut self, name: String, value: String) {
+        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(&name)) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (name, value)),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(String, String)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        let mut labels = Labels::default();
+        for (k, v) in iter {
+            labels.insert(k, v);
+        }
+        labels
+    }
 }
 
 /// A metric's value for one workload over the window.
@@ -39,8 +69,8 @@ impl Observation {
     }
 }
 
-const NAMESPACE: &str = "destination_workload_namespace";
-const WORKLOAD: &str = "destination_workload";
+pub(crate) const NAMESPACE: &str = "destination_workload_namespace";
+pub(crate) const WORKLOAD: &str = "destination_workload";
 
 fn of_workload<'a>(samples: &'a [Sample], namespace: &'a str, workload: &'a str) -> impl Iterator<Item = &'a Sample> {
     samples.iter().filter(move |s| {
@@ -208,7 +238,7 @@ fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
 
 /// A custom query aggregated to several series: which one to judge is ambiguous.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the query returned {0} series; aggregate it to one, e.g. with sum()")]
+#[error("the query returned {0} or more series; aggregate it to one, e.g. with sum()")]
 pub struct TooManySeries(pub usize);
 
 /// The observation of a custom query: None when it returned nothing. Its request count is unknown.

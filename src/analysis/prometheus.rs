@@ -1,11 +1,16 @@
 //! A small Prometheus HTTP API client: instant queries only.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
+use std::borrow::Cow;
+use std::cell::Cell;
 
-use crate::analysis::judge::Sample;
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::analysis::judge::{Labels, Sample};
+use crate::analysis::templates::Selection;
 
 /// How a request to Prometheus authenticates. `Debug` never shows a secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -58,6 +63,9 @@ pub enum PromError {
     /// The answer was longer than [`MAX_ANSWER_BYTES`]; reading stopped there.
     #[error("Prometheus' answer is larger than {0} bytes; the query must select fewer series")]
     TooLarge(usize),
+    /// The answer held more than [`MAX_SERIES`] series; reading stopped there.
+    #[error("Prometheus' answer has more than {0} series; the query must select fewer series")]
+    TooManySeries(usize),
     #[error(
         "Prometheus answered {code} redirecting to {location:?}; redirects are not followed: use the final address"
     )]
@@ -75,6 +83,7 @@ impl PromError {
             PromError::InvalidAddress(_) => "invalid_address",
             PromError::Tls(_) => "tls",
             PromError::TooLarge(_) => "too_large",
+            PromError::TooManySeries(_) => "too_many_series",
             PromError::Redirect { .. } => "redirect",
         }
     }
@@ -134,6 +143,11 @@ impl PromClient {
 
     /// Evaluates `promql` at the current time.
     pub async fn query(&self, promql: &str) -> Result<Vec<Sample>, PromError> {
+        self.query_kept(promql, Keep::All).await
+    }
+
+    /// [`PromClient::query`], keeping only the samples `keep` wants.
+    pub async fn query_kept(&self, promql: &str, keep: Keep<'_>) -> Result<Vec<Sample>, PromError> {
         // Prometheus' own `timeout` lets it stop evaluating once nobody waits for the answer.
         let server_timeout = format!("{}ms", self.timeout.as_millis().max(1));
         let mut request = self
@@ -147,6 +161,9 @@ impl PromClient {
             Some(Credentials::Bearer(token)) => request.bearer_auth(token),
             Some(Credentials::Basic { username, password }) => request.basic_auth(username, Some(password)),
         };
+        // Bounds the answers in memory at once (each up to MAX_ANSWER_BYTES and MAX_SERIES). The
+        // semaphore is never closed; if it were, the query would go on unbounded rather than fail.
+        let _permit = QUERY_PERMITS.acquire().await.ok();
         let response = request.send().await.map_err(|e| self.transport(e))?;
         let status = response.status();
         if status.is_redirection() {
@@ -167,22 +184,17 @@ impl PromClient {
                 body: error_body(&body),
             });
         }
-        parse_response(&body)
+        parse_kept(&body, keep)
     }
 
     /// The body, or TooLarge as soon as it passes `max` bytes (announced or read).
-    async fn read_capped(&self, mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, PromError> {
-        if response.content_length().is_some_and(|n| n > max as u64) {
-            return Err(PromError::TooLarge(max));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(e))? {
-            if body.len() + chunk.len() > max {
-                return Err(PromError::TooLarge(max));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+    async fn read_capped(&self, response: reqwest::Response, max: usize) -> Result<Vec<u8>, PromError> {
+        crate::body::read_capped(response, max, |e| self.transport(e))
+            .await
+            .map_err(|e| match e {
+                Ok(_) => PromError::TooLarge(max),
+                Err(e) => e,
+            })
     }
 
     fn transport(&self, e: reqwest::Error) -> PromError {
@@ -263,72 +275,219 @@ fn truncate(mut text: String, max_chars: usize) -> String {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Envelope {
+struct Envelope<'a> {
     status: String,
-    #[serde(default)]
-    data: Option<Data>,
+    #[serde(default, borrow)]
+    data: Option<Data<'a>>,
     #[serde(default)]
     error_type: Option<String>,
     #[serde(default)]
     error: Option<String>,
+    /// Skipped without keeping them: only their presence is logged.
     #[serde(default)]
-    warnings: Vec<String>,
+    warnings: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Data {
+struct Data<'a> {
     result_type: String,
-    result: serde_json::Value,
+    /// Kept as the text it is in the body (no copy) until `result_type` says how to read it.
+    #[serde(borrow)]
+    result: &'a RawValue,
+}
+
+/// The label names the judge reads ([`crate::analysis::judge`]); every other label is skipped while
+/// parsing, so an answer's memory does not grow with the labels a query happens to carry.
+const KEPT_LABELS: [&str; 4] = [
+    crate::analysis::judge::NAMESPACE,
+    crate::analysis::judge::WORKLOAD,
+    "response_code",
+    "le",
+];
+
+/// Most series read from one answer: the grouped built-in queries select one set of series per
+/// rollout in progress, far fewer. With the byte cap and [`MAX_CONCURRENT_QUERIES`] this bounds the
+/// memory all answers in flight can take, whatever a Prometheus (or anything at its address) sends.
+pub const MAX_SERIES: usize = 10_000;
+
+/// Most Prometheus queries in flight for the whole daemon (every provider, every policy).
+pub const MAX_CONCURRENT_QUERIES: usize = 4;
+
+static QUERY_PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_QUERIES);
+
+/// Longest label value kept: Kubernetes names are at most 253 bytes; a longer value names nothing
+/// canaryd asked about and is skipped.
+const MAX_LABEL_VALUE: usize = 253;
+
+/// Most series kept per workload a grouped query asked about: a workload has one series per
+/// response code or histogram bucket, a few dozen. More is refused, so that an answer naming the
+/// asking rollout's own workloads thousands of times is not kept whole.
+pub const MAX_KEPT_PER_WORKLOAD: usize = 256;
+
+/// The labels of a series that the judge reads; the others are skipped without being copied.
+struct KeptLabels(Labels);
+
+impl<'de> Deserialize<'de> for KeptLabels {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeptLabels;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of labels")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeptLabels, A::Error> {
+                let mut kept = Labels::default();
+                while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+                    match KEPT_LABELS.iter().find(|k| **k == name) {
+                        Some(k) => {
+                            let value: Cow<'de, str> = map.next_value()?;
+                            if value.len() <= MAX_LABEL_VALUE {
+                                kept.insert((*k).to_string(), value.into_owned());
+                            }
+                        }
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(KeptLabels(kept))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 #[derive(Deserialize)]
-struct VectorElement {
+struct VectorElement<'a> {
     #[serde(default)]
-    metric: BTreeMap<String, String>,
+    metric: Option<KeptLabels>,
     /// Absent for native histograms, which carry `histogram` instead.
-    #[serde(default)]
-    value: Option<(serde_json::Value, String)>,
+    #[serde(default, borrow)]
+    value: Option<(IgnoredAny, Cow<'a, str>)>,
+}
+
+/// Which samples of an answer are kept. Every series is read and counted against [`MAX_SERIES`];
+/// only these stay in memory, so what a tick holds follows the rollouts asking, not the answer.
+#[derive(Clone, Copy, Debug)]
+pub enum Keep<'a> {
+    All,
+    /// A custom query's answer: two samples are enough to judge it (one) or refuse it (several).
+    FirstTwo,
+    /// A grouped built-in query's answer: only the series of the workloads it asked about.
+    Selected(&'a Selection),
+}
+
+impl Keep<'_> {
+    /// Most samples kept before the answer is refused as too many.
+    fn max_kept(&self) -> usize {
+        match self {
+            Keep::All | Keep::FirstTwo => MAX_SERIES,
+            Keep::Selected(sel) => MAX_KEPT_PER_WORKLOAD.saturating_mul(sel.workloads.len().max(1)),
+        }
+    }
+
+    fn keeps(&self, kept: usize, s: &Sample) -> bool {
+        let label = |name: &str| s.labels.get(name).map(String::as_str).unwrap_or_default();
+        match self {
+            Keep::All => true,
+            Keep::FirstTwo => kept < 2,
+            Keep::Selected(sel) => {
+                sel.namespaces.contains(label(crate::analysis::judge::NAMESPACE))
+                    && sel.workloads.contains(label(crate::analysis::judge::WORKLOAD))
+            }
+        }
+    }
+}
+
+/// Reads a vector's elements one at a time into samples, refusing more than [`MAX_SERIES`].
+struct Vector<'c> {
+    too_many: &'c Cell<bool>,
+    keep: Keep<'c>,
+}
+
+impl<'de> DeserializeSeed<'de> for Vector<'_> {
+    type Value = Vec<Sample>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<Sample>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Vector<'_> {
+    type Value = Vec<Sample>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an instant vector")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Sample>, A::Error> {
+        let mut samples = Vec::new();
+        let mut series = 0;
+        while let Some(element) = seq.next_element::<VectorElement<'de>>()? {
+            if series == MAX_SERIES {
+                self.too_many.set(true);
+                return Err(serde::de::Error::custom("too many series"));
+            }
+            let (_, value) = element.value.ok_or_else(|| {
+                serde::de::Error::custom("a sample has no value (native histograms are not supported)")
+            })?;
+            series += 1;
+            let sample = Sample {
+                labels: element.metric.map(|m| m.0).unwrap_or_default(),
+                value: parse_value(&value).map_err(serde::de::Error::custom)?,
+            };
+            if self.keep.keeps(samples.len(), &sample) {
+                if samples.len() == self.keep.max_kept() {
+                    self.too_many.set(true);
+                    return Err(serde::de::Error::custom("too many series kept"));
+                }
+                samples.push(sample);
+            }
+        }
+        Ok(samples)
+    }
 }
 
 /// The samples of an instant query's JSON answer (a vector, or a scalar as one unlabelled sample).
-pub(crate) fn parse_response(body: &[u8]) -> Result<Vec<Sample>, PromError> {
-    let bad = |why: String| PromError::BadResponse(why);
+/// Typed and streaming: no tree of the answer is built, and at most [`MAX_SERIES`] series are kept.
+#[cfg(test)]
+fn parse_response(body: &[u8]) -> Result<Vec<Sample>, PromError> {
+    parse_kept(body, Keep::All)
+}
+
+/// [`parse_response`], keeping only the samples `keep` wants.
+fn parse_kept(body: &[u8], keep: Keep) -> Result<Vec<Sample>, PromError> {
+    let bad = |why: String| PromError::BadResponse(truncate(why, BODY_LIMIT));
     let envelope: Envelope = serde_json::from_slice(body).map_err(|e| bad(format!("not the API's JSON: {e}")))?;
     if envelope.status != "success" {
         let error = envelope.error.unwrap_or_default();
         let error_type = envelope.error_type.unwrap_or_default();
-        return Err(bad(truncate(
-            format!("status {:?}: {error_type}: {error}", envelope.status),
-            BODY_LIMIT,
-        )));
+        return Err(bad(format!("status {:?}: {error_type}: {error}", envelope.status)));
     }
-    if !envelope.warnings.is_empty() {
-        tracing::debug!(warnings = ?envelope.warnings, "Prometheus warnings");
+    if envelope.warnings.is_some() {
+        tracing::debug!("Prometheus answered with warnings");
     }
     let data = envelope.data.ok_or_else(|| bad("no data".into()))?;
     match data.result_type.as_str() {
         "vector" => {
-            let elements: Vec<VectorElement> =
-                serde_json::from_value(data.result).map_err(|e| bad(format!("vector: {e}")))?;
-            elements
-                .into_iter()
-                .map(|element| {
-                    let (_, value) = element
-                        .value
-                        .ok_or_else(|| bad("a sample has no value (native histograms are not supported)".into()))?;
-                    Ok(Sample {
-                        labels: element.metric,
-                        value: parse_value(&value)?,
-                    })
-                })
-                .collect()
+            let too_many = Cell::new(false);
+            let mut de = serde_json::Deserializer::from_str(data.result.get());
+            Vector {
+                too_many: &too_many,
+                keep,
+            }
+            .deserialize(&mut de)
+            .map_err(|e| match too_many.get() {
+                true => PromError::TooManySeries(MAX_SERIES),
+                false => bad(format!("vector: {e}")),
+            })
         }
         "scalar" => {
-            let (_, value): (serde_json::Value, String) =
-                serde_json::from_value(data.result).map_err(|e| bad(format!("scalar: {e}")))?;
+            let (_, value): (IgnoredAny, Cow<str>) =
+                serde_json::from_str(data.result.get()).map_err(|e| bad(format!("scalar: {e}")))?;
             Ok(vec![Sample {
-                labels: BTreeMap::new(),
+                labels: Labels::default(),
                 value: parse_value(&value)?,
             }])
         }
@@ -354,7 +513,7 @@ fn parse_value(text: &str) -> Result<f64, PromError> {
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
@@ -393,14 +552,14 @@ mod tests {
                     {"metric":{"le":"5"},"value":[1,"+Inf"]},
                     {"metric":{},"value":[1,"-Inf"]},
                     {"value":[1,"1e+06"]},
-                    {"metric":{"a":"b"},"value":[1,"-0.25"]}
+                    {"metric":{"le":"0.5","a":"b"},"value":[1,"-0.25"]}
                 ]}}"#,
                 vec![
                     s(&[("le", "+Inf")], f64::NAN),
                     s(&[("le", "5")], f64::INFINITY),
                     s(&[], f64::NEG_INFINITY),
                     s(&[], 1e6),
-                    s(&[("a", "b")], -0.25),
+                    s(&[("le", "0.5")], -0.25),
                 ],
             ),
             (
@@ -410,8 +569,8 @@ mod tests {
             // Extra fields from newer servers, warnings and stats are ignored.
             (
                 r#"{"status":"success","warnings":["PromQL info: metric might not be a counter"],"infos":["x"],
-                   "data":{"resultType":"vector","stats":{"timings":{}},"result":[{"metric":{"x":"y"},"value":[1,"3"]}]}}"#,
-                vec![s(&[("x", "y")], 3.0)],
+                   "data":{"resultType":"vector","stats":{"timings":{}},"result":[{"metric":{"response_code":"200"},"value":[1,"3"]}]}}"#,
+                vec![s(&[("response_code", "200")], 3.0)],
             ),
         ];
         for (body, want) in cases {
@@ -465,6 +624,108 @@ mod tests {
                 other => panic!("{body}: {other:?}"),
             }
         }
+    }
+
+    /// A vector answer of `n` series, each with the labels a grouped built-in query carries and more.
+    fn answer_with_series(n: usize) -> String {
+        let mut body = String::from(r#"{"status":"success","data":{"resultType":"vector","result":["#);
+        for i in 0..n {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&format!(
+                r#"{{"metric":{{"destination_workload":"w{i}","destination_workload_namespace":"ns","pod":"p{i}","instance":"10.0.0.1:15090"}},"value":[1717459200.1,"{i}"]}}"#
+            ));
+        }
+        body.push_str("]}}");
+        body
+    }
+
+    #[test]
+    fn at_most_max_series_are_read_and_only_the_judged_labels_kept() {
+        let at_cap = parse_response(answer_with_series(MAX_SERIES).as_bytes()).expect("at the cap");
+        assert_eq!(at_cap.len(), MAX_SERIES);
+        assert_eq!(
+            at_cap[7].labels,
+            labels(&[("destination_workload", "w7"), ("destination_workload_namespace", "ns")]),
+            "pod and instance are not kept"
+        );
+        assert_eq!(at_cap[7].value, 7.0);
+        // The reproduced attack: 63,000 small series, under the byte cap.
+        for n in [MAX_SERIES + 1, 63_000] {
+            match parse_response(answer_with_series(n).as_bytes()) {
+                Err(PromError::TooManySeries(max)) => assert_eq!(max, MAX_SERIES),
+                other => panic!("{n} series: {other:?}"),
+            }
+        }
+        assert_eq!(PromError::TooManySeries(1).category(), "too_many_series");
+    }
+
+    #[test]
+    fn only_the_samples_asked_for_stay_in_memory() {
+        let body = answer_with_series(MAX_SERIES);
+        let mut sel = Selection::default();
+        sel.add("ns", &["w3", "w9999", "absent"]);
+        let kept = parse_kept(body.as_bytes(), Keep::Selected(&sel)).expect("parsed");
+        let names: Vec<Option<&String>> = kept.iter().map(|s| s.labels.get("destination_workload")).collect();
+        assert_eq!(names, [Some(&"w3".to_string()), Some(&"w9999".to_string())]);
+        let kept = parse_kept(body.as_bytes(), Keep::FirstTwo).expect("parsed");
+        assert_eq!(kept.len(), 2, "enough to refuse an unaggregated custom query");
+        // An answer naming the asking workload more often than any real one would is refused.
+        let mut flood = String::from(r#"{"status":"success","data":{"resultType":"vector","result":["#);
+        for i in 0..=MAX_KEPT_PER_WORKLOAD {
+            let sep = if i > 0 { "," } else { "" };
+            flood.push_str(&format!(
+                r#"{sep}{{"metric":{{"destination_workload":"w3","destination_workload_namespace":"ns","response_code":"{i}"}},"value":[1,"1"]}}"#
+            ));
+        }
+        flood.push_str("]}}");
+        let mut one = Selection::default();
+        one.add("ns", &["w3"]);
+        assert_eq!(
+            parse_kept(flood.as_bytes(), Keep::Selected(&one)),
+            Err(PromError::TooManySeries(MAX_SERIES))
+        );
+        // A label value no Kubernetes name could have is not kept.
+        let long = format!(
+            r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{"le":"{}"}},"value":[1,"1"]}}]}}}}"#,
+            "9".repeat(MAX_LABEL_VALUE + 1)
+        );
+        assert!(parse_response(long.as_bytes()).expect("parsed")[0].labels.is_empty());
+        // Counting still covers every series read, kept or not.
+        assert_eq!(
+            parse_kept(answer_with_series(MAX_SERIES + 1).as_bytes(), Keep::Selected(&sel)),
+            Err(PromError::TooManySeries(MAX_SERIES))
+        );
+    }
+
+    #[test]
+    fn hostile_shapes_are_bad_responses() {
+        let deep = format!(
+            r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{"x":{}1{}}},"value":[1,"1"]}}]}}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        let cases = [
+            // Labels as a list, a value as a number, a kept label that is not a string.
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":["a"],"value":[1,"1"]}]}}"#,
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,1]}]}}"#,
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"le":5},"value":[1,"1"]}]}}"#,
+            r#"{"status":"success","data":{"resultType":"vector","result":{"not":"a list"}}}"#,
+            r#"{"status":"success","data":{"resultType":"scalar","result":[1]}}"#,
+        ];
+        for body in cases {
+            match parse_response(body.as_bytes()) {
+                Err(PromError::BadResponse(_)) => {}
+                other => panic!("{}: {other:?}", &body[..body.len().min(120)]),
+            }
+        }
+        // A deeply nested label nobody reads is skipped without recursion and kept nowhere.
+        let got = parse_response(deep.as_bytes()).expect("skipped");
+        assert!(
+            got.len() == 1 && got[0].labels.is_empty() && got[0].value == 1.0,
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -103,6 +103,12 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 256;
 
+/// Largest `usergroups.users.list` answer read: Slack's user ids are ~11 bytes, so this holds far
+/// more than [`MAX_GROUP_MEMBERS`]; whatever answers at the target's API address is bounded.
+const GROUP_ANSWER_LIMIT: usize = 1024 * 1024;
+/// Most members of one Slack user group that an approvers' check reads.
+const MAX_GROUP_MEMBERS: usize = 20_000;
+
 /// Serves `app` over HTTP/1.1 with [`HEADER_TIMEOUT`] and [`MAX_CONNECTIONS`] (`axum::serve` sets
 /// no header timeout, so a client sending its headers slowly would hold a connection for ever).
 pub async fn serve(listener: tokio::net::TcpListener, app: Router) {
@@ -645,7 +651,13 @@ impl Approvals {
             .send()
             .await
             .map_err(|e| e.without_url().to_string())?;
-        let members: Members = response.json().await.map_err(|e| e.without_url().to_string())?;
+        let body = crate::body::read_capped(response, GROUP_ANSWER_LIMIT, |e| e.without_url().to_string())
+            .await
+            .map_err(|e| e.map_or_else(|transport| transport, |too_large| too_large.to_string()))?;
+        let members: Members = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        if members.users.len() > MAX_GROUP_MEMBERS {
+            return Err(format!("the group has more than {MAX_GROUP_MEMBERS} members"));
+        }
         if members.ok {
             Ok(members.users)
         } else {
