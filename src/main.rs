@@ -53,6 +53,17 @@ struct Election {
     /// (default: two thirds of the lease duration).
     #[arg(long, value_parser = humantime::parse_duration)]
     renew_deadline: Option<Duration>,
+    /// Timeout of every API request the controller makes (writes included), and of sending a
+    /// webhook; must be shorter than --lease-duration minus --renew-deadline, so that no write lands
+    /// once a standby may lead (default: half that margin).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    api_timeout: Option<Duration>,
+}
+
+impl Election {
+    fn renew_deadline(&self) -> Duration {
+        self.renew_deadline.unwrap_or(self.lease_duration * 2 / 3)
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -167,6 +178,22 @@ async fn client() -> anyhow::Result<kube::Client> {
     kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (KUBECONFIG or in-cluster)")
+}
+
+/// The client of the controller's requests: every request, writes included, is given up after
+/// `timeout`, and is never retried by the client itself (canaryd's own retries check leadership).
+async fn api_client(timeout: Duration) -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer()
+        .await
+        .context("connecting to Kubernetes (KUBECONFIG or in-cluster)")?;
+    config.connect_timeout = Some(timeout);
+    config.read_timeout = Some(timeout);
+    config.write_timeout = Some(timeout);
+    config.reset_reader_on_write = true;
+    config.default_retry = false;
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&tower::timeout::TimeoutLayer::new(timeout))
+        .build())
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
@@ -292,7 +319,11 @@ async fn run(
     election: Election,
     stuck_timeout: Duration,
 ) -> anyhow::Result<()> {
+    // Refused before anything starts: a write could otherwise land after a standby took over.
+    let request_timeout =
+        leader::request_timeout(election.lease_duration, election.renew_deadline(), election.api_timeout)?;
     let client = client().await?;
+    let api = api_client(request_timeout).await?;
     // Both replicas serve approvals: they only create commands, which the leader carries out.
     let approvals = match approvals_listen {
         Some(addr) => Some(serve_approvals(&client, addr, &options).await?),
@@ -324,6 +355,8 @@ async fn run(
         woken,
         leader,
         health: health.clone(),
+        api,
+        request_timeout,
     };
     let result = if election.leader_elect {
         let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("canaryd-{}", std::process::id()));
@@ -334,7 +367,7 @@ async fn run(
                 name: election.lease_name.clone(),
                 identity: identity.clone(),
                 lease_duration: election.lease_duration,
-                renew_deadline: election.renew_deadline.unwrap_or(election.lease_duration * 2 / 3),
+                renew_deadline: election.renew_deadline(),
             },
         )?;
         health.set_role(Role::Standby);

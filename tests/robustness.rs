@@ -1,5 +1,5 @@
 //! Trust under faults, against the real API server with the daemon as a real process: a leader
-//! whose Lease renewals fail stops writing before a standby can take over; a policy the daemon
+//! whose Lease renewals fail stops writing and calling hooks before a standby can take over; a policy the daemon
 //! cannot read is reported `Invalid` while the others roll out; the probes tell the truth.
 
 mod fixture;
@@ -16,6 +16,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
+use support::standin::{StandIn, ok_json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -90,8 +91,16 @@ async fn a_leader_that_cannot_renew_stops_before_the_standby_takes_over() -> Res
     })
     .await?;
     let b = fixture::start_daemon_with(&seed.ns, &election, &[("POD_NAME", "daemon-b")]).await?;
+    // A rollout hook asked every second while the canary has traffic, and event hooks: calls to a
+    // tenant's URL that only a leader may make.
+    let receiver = StandIn::start(ok_json("{}"))?;
     let run = async {
-        let policy = seed.policy_yaml().replace("    - pause: {duration: 2s}\n", "");
+        let hooks = format!(
+            "  webhooks:\n    - {{name: load, type: rollout, url: '{url}/rollout', interval: 1s}}\n    \
+             - {{name: news, type: event, url: '{url}/event'}}\n",
+            url = receiver.url()
+        );
+        let policy = seed.policy_yaml().replace("    - pause: {duration: 2s}\n", "") + &hooks;
         seed.apply(&policy).await?;
         seed.wait_policy(POLICY, "WaitingForApproval", T, |p| {
             phase(p) == Phase::WaitingForApproval
@@ -101,6 +110,10 @@ async fn a_leader_that_cannot_renew_stops_before_the_standby_takes_over() -> Res
             .await?;
         let vs_before = seed.vs(&seed.vs_ns, VS).await?["metadata"]["resourceVersion"].clone();
         let policy_before = seed.policy(POLICY).await?.metadata.resource_version;
+        support::wait_until("daemon-a calls the rollout hook", T, async || {
+            Ok((receiver.to("/rollout").len() >= 2).then_some(()))
+        })
+        .await?;
 
         // Only daemon-a's lease rights go: every other call of it still works.
         let bindings: Api<RoleBinding> = Api::namespaced(seed.client.clone(), "canaryd-system");
@@ -108,10 +121,25 @@ async fn a_leader_that_cannot_renew_stops_before_the_standby_takes_over() -> Res
             .delete(&format!("{account}-leader"), &DeleteParams::default())
             .await?;
         let revoked = Instant::now();
-        a.wait(lease_duration + Duration::from_secs(5))
-            .await
-            .context("daemon-a kept running although it could not renew the lease")?;
+        // Its last renewal came before the revocation, so its renew deadline has passed by then
+        // (a request sent just before may still arrive within the slack).
+        let past_deadline = async {
+            tokio::time::sleep(renew_deadline + Duration::from_millis(300)).await;
+            receiver.requests().len()
+        };
+        let (exited, calls_at_deadline) = tokio::join!(a.wait(lease_duration + Duration::from_secs(5)), past_deadline);
+        exited.context("daemon-a kept running although it could not renew the lease")?;
         let stopped = Instant::now();
+        // daemon-b acquires only after daemon-a stopped (checked below): every call so far is a's.
+        let calls = receiver.requests().len();
+        ensure(
+            calls == calls_at_deadline,
+            format!(
+                "daemon-a called {} hook(s) after its renew deadline, before it stopped {:?} after the revocation",
+                calls - calls_at_deadline,
+                stopped - revoked
+            ),
+        )?;
         let stopped_wall = jiff::Timestamp::now();
         eprintln!(
             "daemon-a stopped {:?} after its lease rights were revoked",

@@ -6,6 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use canaryd::controller::leader::LeaderGuard;
 use canaryd::scale::capacity::{Bounds, MaxPolicy, canary_capacity, pin_min, raise_min};
 use canaryd::scale::hpa::{self, ScaleError, WriteOutcome};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -103,7 +104,7 @@ async fn set_bounds_changes_only_the_bounds_and_restores_them() -> Result<()> {
     // The canary needs 3: only minReplicas changes, and canaryd owns only that field.
     let raised = raise_min(original, 3, MaxPolicy::Fail)?;
     assert_eq!(
-        hpa::set_bounds(&client, ns, "web", raised).await?,
+        hpa::set_bounds(&client, &LeaderGuard::unelected(), ns, "web", raised).await?,
         WriteOutcome::Written
     );
     let after = hpa_json(&api, "web").await?;
@@ -116,7 +117,7 @@ async fn set_bounds_changes_only_the_bounds_and_restores_them() -> Result<()> {
     assert_eq!(canaryd_fields(&after), Some(json!({"f:spec": {"f:minReplicas": {}}})));
     // Already there: nothing sent.
     assert_eq!(
-        hpa::set_bounds(&client, ns, "web", raised).await?,
+        hpa::set_bounds(&client, &LeaderGuard::unelected(), ns, "web", raised).await?,
         WriteOutcome::Unchanged
     );
 
@@ -126,7 +127,10 @@ async fn set_bounds_changes_only_the_bounds_and_restores_them() -> Result<()> {
         raise_min(original, 12, MaxPolicy::Fail),
         Err(canaryd::scale::capacity::CapacityError::AboveMax { required: 12, max: 10 })
     ));
-    assert_eq!(hpa::set_bounds(&client, ns, "web", above).await?, WriteOutcome::Written);
+    assert_eq!(
+        hpa::set_bounds(&client, &LeaderGuard::unelected(), ns, "web", above).await?,
+        WriteOutcome::Written
+    );
     let after = hpa_json(&api, "web").await?;
     assert_eq!(
         (&after["spec"]["minReplicas"], &after["spec"]["maxReplicas"]),
@@ -140,37 +144,37 @@ async fn set_bounds_changes_only_the_bounds_and_restores_them() -> Result<()> {
 
     // Restore exactly: the spec is the original again, field for field.
     assert_eq!(
-        hpa::set_bounds(&client, ns, "web", original).await?,
+        hpa::set_bounds(&client, &LeaderGuard::unelected(), ns, "web", original).await?,
         WriteOutcome::Written
     );
     let restored = hpa_json(&api, "web").await?;
     assert_eq!(owned_by_others(&restored, &[]), owned_by_others(&before, &[]));
     assert_eq!(
-        hpa::set_bounds(&client, ns, "web", original).await?,
+        hpa::set_bounds(&client, &LeaderGuard::unelected(), ns, "web", original).await?,
         WriteOutcome::Unchanged
     );
 
     // An absent minReplicas is restored by removing it: the API server defaults it to 1.
     assert_eq!(
-        hpa::set_bounds(&client, ns, "web", bounds(Some(4), 10)).await?,
+        hpa::set_bounds(&client, &LeaderGuard::unelected(), ns, "web", bounds(Some(4), 10)).await?,
         WriteOutcome::Written
     );
     assert_eq!(
-        hpa::set_bounds(&client, ns, "web", bounds(None, 10)).await?,
+        hpa::set_bounds(&client, &LeaderGuard::unelected(), ns, "web", bounds(None, 10)).await?,
         WriteOutcome::Written
     );
     assert_eq!(hpa_json(&api, "web").await?["spec"]["minReplicas"], 1);
     assert_eq!(
-        hpa::set_bounds(&client, ns, "web", bounds(None, 10)).await?,
+        hpa::set_bounds(&client, &LeaderGuard::unelected(), ns, "web", bounds(None, 10)).await?,
         WriteOutcome::Unchanged
     );
 
     // Invalid bounds are the API server's to refuse, with its message.
-    match hpa::set_bounds(&client, ns, "web", bounds(Some(5), 2)).await {
+    match hpa::set_bounds(&client, &LeaderGuard::unelected(), ns, "web", bounds(Some(5), 2)).await {
         Err(e @ ScaleError::Kube(_)) => assert_eq!(e.category(), "invalid", "{e}"),
         other => bail!("min above max accepted: {other:?}"),
     }
-    match hpa::set_bounds(&client, ns, "missing", original).await {
+    match hpa::set_bounds(&client, &LeaderGuard::unelected(), ns, "missing", original).await {
         Err(e) => assert_eq!(e.category(), "not_found", "{e}"),
         Ok(o) => bail!("missing HPA written: {o:?}"),
     }
@@ -244,7 +248,7 @@ async fn concurrent_edits_are_kept() -> Result<()> {
     };
     for i in 0..10 {
         let min = 2 + i % 3;
-        let outcome = hpa::set_bounds(&client, ns, "web", bounds(Some(min), 10)).await?;
+        let outcome = hpa::set_bounds(&client, &LeaderGuard::unelected(), ns, "web", bounds(Some(min), 10)).await?;
         ensure!(outcome == WriteOutcome::Written, "write {i}: {outcome:?}");
         ensure!(api.get("web").await?.spec.min_replicas == Some(min), "write {i} lost");
     }
@@ -345,7 +349,7 @@ async fn hpa_controller_scales_up_to_raised_min() -> Result<()> {
     let raised = raise_min(original, required, MaxPolicy::Fail)?;
     let began = Instant::now();
     assert_eq!(
-        hpa::set_bounds(&client, ns, "web-v2", raised).await?,
+        hpa::set_bounds(&client, &LeaderGuard::unelected(), ns, "web-v2", raised).await?,
         WriteOutcome::Written
     );
     let scaled = wait_ready(&client, ns, "web-v2", 3, Duration::from_secs(90)).await;
@@ -389,12 +393,12 @@ async fn hpa_controller_scales_up_to_raised_min() -> Result<()> {
 
     // Restoring the original bounds: the spec is back, the controller's status untouched by us.
     assert_eq!(
-        hpa::set_bounds(&client, ns, "web-v2", original).await?,
+        hpa::set_bounds(&client, &LeaderGuard::unelected(), ns, "web-v2", original).await?,
         WriteOutcome::Written
     );
     assert_eq!(hpa::bounds(&hpas.get("web-v2").await?), original);
     assert_eq!(
-        hpa::set_bounds(&client, ns, "web-v2", original).await?,
+        hpa::set_bounds(&client, &LeaderGuard::unelected(), ns, "web-v2", original).await?,
         WriteOutcome::Unchanged
     );
     hpas.delete("web-v2", &DeleteParams::default()).await?;
@@ -424,11 +428,11 @@ async fn set_replicas_without_hpa() -> Result<()> {
     let before = spec_without_replicas(&deployments.get("app-v2").await?)?;
 
     assert_eq!(
-        hpa::set_replicas(&client, ns, "app-v2", 3).await?,
+        hpa::set_replicas(&client, &LeaderGuard::unelected(), ns, "app-v2", 3).await?,
         WriteOutcome::Written
     );
     assert_eq!(
-        hpa::set_replicas(&client, ns, "app-v2", 3).await?,
+        hpa::set_replicas(&client, &LeaderGuard::unelected(), ns, "app-v2", 3).await?,
         WriteOutcome::Unchanged
     );
     let after = deployments.get("app-v2").await?;
@@ -440,17 +444,17 @@ async fn set_replicas_without_hpa() -> Result<()> {
 
     // Zero (which Scale leaves out of its spec) is a count like any other.
     assert_eq!(
-        hpa::set_replicas(&client, ns, "app-v2", 0).await?,
+        hpa::set_replicas(&client, &LeaderGuard::unelected(), ns, "app-v2", 0).await?,
         WriteOutcome::Written
     );
     assert_eq!(
-        hpa::set_replicas(&client, ns, "app-v2", 0).await?,
+        hpa::set_replicas(&client, &LeaderGuard::unelected(), ns, "app-v2", 0).await?,
         WriteOutcome::Unchanged
     );
     assert_eq!(hpa::replicas(&client, ns, "app-v2").await?.spec_replicas, 0);
     wait_ready(&client, ns, "app-v2", 0, Duration::from_secs(60)).await?;
 
-    match hpa::set_replicas(&client, ns, "nope", 2).await {
+    match hpa::set_replicas(&client, &LeaderGuard::unelected(), ns, "nope", 2).await {
         Err(e) => assert_eq!(e.category(), "not_found", "{e}"),
         Ok(o) => bail!("missing Deployment scaled: {o:?}"),
     }

@@ -181,6 +181,7 @@ pub async fn carry_out(
                     crate::failpoint!("before-weights", canary_weight);
                     let outcome = set_weights(
                         &ctx.client,
+                        &ctx.leader,
                         &vs_ns,
                         &name,
                         &fqdn,
@@ -197,6 +198,7 @@ pub async fn carry_out(
                             ctx.metrics.weight_changes.inc();
                         }
                         Ok(WriteOutcome::Unchanged) => {}
+                        Err(Error::NotLeader) => return Err(Stopped::NotLeader),
                         Err(e) => {
                             let what = match canary {
                                 Some(c) => format!(
@@ -221,11 +223,12 @@ pub async fn carry_out(
                     "before-hpa-bounds",
                     format!("{hpa}/{}", bounds.min_replicas.unwrap_or(1))
                 );
-                match crate::scale::hpa::set_bounds(&ctx.client, &ns, hpa, *bounds).await {
+                match crate::scale::hpa::set_bounds(&ctx.client, &ctx.leader, &ns, hpa, *bounds).await {
                     Ok(WriteOutcome::Written) => {
                         info!(hpa = %hpa, min = ?bounds.min_replicas, max = bounds.max_replicas, "HPA bounds set")
                     }
                     Ok(WriteOutcome::Unchanged) => {}
+                    Err(ScaleError::NotLeader) => return Err(Stopped::NotLeader),
                     Err(e) => tolerate(
                         Failure::new(
                             format!(
@@ -246,9 +249,10 @@ pub async fn carry_out(
             }
             Action::SetReplicas { deployment, replicas } => {
                 crate::failpoint!("before-replicas", format!("{deployment}/{replicas}"));
-                match crate::scale::hpa::set_replicas(&ctx.client, &ns, deployment, *replicas).await {
+                match crate::scale::hpa::set_replicas(&ctx.client, &ctx.leader, &ns, deployment, *replicas).await {
                     Ok(WriteOutcome::Written) => info!(deployment = %deployment, replicas, "replicas set"),
                     Ok(WriteOutcome::Unchanged) => {}
+                    Err(ScaleError::NotLeader) => return Err(Stopped::NotLeader),
                     Err(e) => tolerate(
                         Failure::new(
                             format!("setting replicas {replicas}"),
@@ -275,6 +279,9 @@ pub async fn carry_out(
 }
 
 async fn publish(policy: &RolloutPolicy, ctx: &Context, type_: KubeEventType, reason: &str, message: &str) {
+    if !ctx.leader.may_write() {
+        return;
+    }
     let event = Event {
         type_,
         reason: reason.into(),

@@ -84,7 +84,7 @@ impl LeaderGuard {
     }
 
     /// A renewal sent at `sent` succeeded.
-    fn renewed(&self, sent: Instant) {
+    pub(crate) fn renewed(&self, sent: Instant) {
         if let Some(inner) = &self.inner
             && let Ok(mut r) = inner.renewed.lock()
         {
@@ -93,7 +93,7 @@ impl LeaderGuard {
     }
 
     /// Stop writing now (the Lease was taken over or is being released).
-    fn revoke(&self) {
+    pub(crate) fn revoke(&self) {
         if let Some(inner) = &self.inner
             && let Ok(mut r) = inner.renewed.lock()
         {
@@ -110,6 +110,26 @@ pub struct Election {
     pub identity: String,
     pub lease_duration: Duration,
     pub renew_deadline: Duration,
+}
+
+/// The timeout of every API request the controller makes: `asked`, or half the margin that the
+/// renew deadline leaves (`lease_duration - renew_deadline`). It must be shorter than that margin,
+/// so that a write sent just before the deadline is given up before a standby can take over.
+pub fn request_timeout(
+    lease_duration: Duration,
+    renew_deadline: Duration,
+    asked: Option<Duration>,
+) -> Result<Duration> {
+    let margin = lease_duration.saturating_sub(renew_deadline);
+    let timeout = asked.unwrap_or(margin / 2);
+    if timeout.is_zero() || timeout >= margin {
+        return Err(lease_error(format!(
+            "the API request timeout ({timeout:?}) must be above zero and shorter than the lease duration \
+             ({lease_duration:?}) minus the renew deadline ({renew_deadline:?}), {margin:?}: a write still in \
+             flight after that could land once a standby leads"
+        )));
+    }
+    Ok(timeout)
 }
 
 pub struct Elector {
@@ -360,5 +380,35 @@ mod tests {
         assert!(!guard.may_write_at(t0 + Duration::from_secs(6)));
         assert!(LeaderGuard::unelected().may_write());
         assert!(matches!(guard.check(), Err(Error::NotLeader)));
+    }
+
+    #[test]
+    fn request_timeout_is_shorter_than_the_margin_the_renew_deadline_leaves() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        #[rustfmt::skip]
+        let cases: &[(Duration, Duration, Option<Duration>, Option<Duration>)] = &[
+            // lease, renew deadline, asked → effective (None: refused at startup)
+            (s(15), s(10), None, Some(ms(2500))),      // the defaults: half the 5 s margin
+            (s(15), s(10), Some(s(4)), Some(s(4))),
+            (s(15), s(10), Some(ms(4999)), Some(ms(4999))),
+            (s(15), s(10), Some(s(5)), None),          // equal to the margin
+            (s(15), s(10), Some(s(30)), None),
+            (s(15), s(10), Some(Duration::ZERO), None),
+            (s(6), s(3), None, Some(ms(1500))),
+            (s(10), s(10), None, None),                // no margin at all
+            (s(10), s(12), Some(s(1)), None),
+        ];
+        for &(lease, deadline, asked, want) in cases {
+            let got = request_timeout(lease, deadline, asked);
+            assert_eq!(
+                got.as_ref().ok().copied(),
+                want,
+                "{lease:?} {deadline:?} {asked:?}: {got:?}"
+            );
+            if let Err(e) = got {
+                assert!(e.to_string().contains("must be above zero and shorter than"), "{e}");
+            }
+        }
     }
 }

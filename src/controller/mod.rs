@@ -95,6 +95,11 @@ pub struct Parts {
     /// Every write is checked against it.
     pub leader: LeaderGuard,
     pub health: Arc<Health>,
+    /// For every request but the policy watch: each has a timeout shorter than the margin the
+    /// renew deadline leaves, so no write lands once a standby may lead.
+    pub api: Client,
+    /// That timeout; also bounds how long a webhook call may take to be sent.
+    pub request_timeout: Duration,
 }
 
 /// Run the controller until SIGTERM/SIGINT, over all namespaces or just one.
@@ -105,6 +110,8 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         woken,
         leader,
         health,
+        api,
+        request_timeout,
     } = parts;
     // The policies are listed while the other caches fill; reconciles and the notifier wait for those.
     let namespace = options.namespace.as_deref();
@@ -116,15 +123,15 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         controller: "canaryd".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let hooks = Arc::new(Runner::new(wake.clone())?);
+    let hooks = Arc::new(Runner::new(wake.clone(), leader.clone(), request_timeout)?);
     tokio::spawn(hooks.clone().run());
     let engine = Arc::new(Engine::new(wake, metrics.clone()));
     tokio::spawn(engine.clone().run());
     let ctx = Arc::new(Context {
-        client: client.clone(),
+        client: api.clone(),
         options: options.clone(),
         caches,
-        recorder: Recorder::new(client, reporter.clone()),
+        recorder: Recorder::new(api, reporter.clone()),
         metrics,
         engine,
         hooks,

@@ -5,8 +5,9 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchP
 use serde_json::Value;
 
 use super::routes::{managed_routes, weight_patch};
+use crate::controller::leader::LeaderGuard;
 use crate::error::{Error, Result};
-use crate::write::{FIELD_MANAGER, WriteOutcome};
+use crate::write::{FIELD_MANAGER, Stop, WriteOutcome, guarded_rmw};
 
 /// Re-read and re-plan this many times when a concurrent edit makes the guarded patch fail.
 const WRITE_ATTEMPTS: usize = 8;
@@ -42,6 +43,7 @@ pub fn to_value(obj: &DynamicObject) -> Result<Value> {
 #[allow(clippy::too_many_arguments)]
 pub async fn set_weights(
     client: &Client,
+    guard: &LeaderGuard,
     namespace: &str,
     name: &str,
     service_fqdn: &str,
@@ -52,30 +54,31 @@ pub async fn set_weights(
 ) -> Result<WriteOutcome> {
     let api = virtual_services(client, namespace);
     let id = format!("{namespace}/{name}");
-    let mut last_error = None;
-    for _ in 0..WRITE_ATTEMPTS {
-        let vs = to_value(&api.get(name).await?)?;
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    let plan = |obj: DynamicObject| -> Result<Option<json_patch::Patch>> {
+        let vs = to_value(&obj)?;
         let indices = managed_routes(&vs, &id, namespace, service_fqdn, routes).map_err(|p| Error::Mesh {
             vs: id.clone(),
             message: p.into_iter().map(|p| p.message).collect::<Vec<_>>().join("; "),
         })?;
-        let Some(patch) = weight_patch(&vs, namespace, service_fqdn, &indices, stable, canary, canary_weight) else {
-            return Ok(WriteOutcome::Unchanged);
-        };
-        let patch: json_patch::Patch = serde_json::from_value(patch)?;
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        match api.patch(name, &params, &Patch::<()>::Json(patch)).await {
-            Ok(_) => return Ok(WriteOutcome::Written),
-            // 409: conflict; 422: a guard (`test` op) failed because the object changed.
-            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => {
-                tracing::debug!(vs = %id, status = %s.message, "VirtualService changed under us; re-reading");
-                last_error = Some(kube::Error::Api(s));
-            }
-            Err(e) => return Err(e.into()),
-        }
+        weight_patch(&vs, namespace, service_fqdn, &indices, stable, canary, canary_weight)
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(Error::from)
+    };
+    let write = |patch: json_patch::Patch| {
+        let (api, params) = (&api, &params);
+        async move { api.patch(name, params, &Patch::<()>::Json(patch)).await.map(drop) }
+    };
+    // 409: conflict; 422: a guard (`test` op) failed because the object changed.
+    let conflict = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 422);
+    match guarded_rmw(guard, WRITE_ATTEMPTS, conflict, || api.get(name), plan, write).await {
+        Ok(outcome) => Ok(outcome),
+        Err(Stop::NotLeader) => Err(Error::NotLeader),
+        Err(Stop::Failed(e)) => Err(e),
+        Err(Stop::Exhausted(e)) => Err(e.into()),
     }
-    Err(last_error.map(Error::from).unwrap_or(Error::Conflict(id)))
 }

@@ -5,12 +5,15 @@
 //! a concurrent edit makes the write fail with 409, and we read again, so nobody's change is lost.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v1::Scale;
 use k8s_openapi::api::autoscaling::v2::{CrossVersionObjectReference, HorizontalPodAutoscaler};
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Map, Value, json};
 
 use super::capacity::{Bounds, CapacityError};
+use crate::controller::leader::LeaderGuard;
+use crate::write::{Stop, guarded_rmw};
 
 /// Same manager as canaryd's weight writes, so `managedFields` show who set the bounds.
 pub use crate::write::{FIELD_MANAGER, WriteOutcome};
@@ -61,6 +64,9 @@ pub enum ScaleError {
     },
     #[error(transparent)]
     Capacity(#[from] CapacityError),
+    /// The renew deadline passed: this replica must not write, and sent nothing more.
+    #[error("not the leader (the lease was not renewed within the renew deadline); write skipped")]
+    NotLeader,
 }
 
 impl ScaleError {
@@ -80,6 +86,7 @@ impl ScaleError {
             ScaleError::WrongTarget { .. } => "invalid_spec",
             ScaleError::Conflict { .. } => "conflict",
             ScaleError::Capacity(e) => e.category(),
+            ScaleError::NotLeader => "not_leader",
         }
     }
 }
@@ -192,62 +199,78 @@ pub fn bounds_patch(hpa: &HorizontalPodAutoscaler, wanted: Bounds) -> Option<Val
 /// Set `minReplicas`/`maxReplicas` of HPA `namespace/name`, and nothing else.
 pub async fn set_bounds(
     client: &Client,
+    guard: &LeaderGuard,
     namespace: &str,
     name: &str,
     bounds: Bounds,
 ) -> Result<WriteOutcome, ScaleError> {
     let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
-    for _ in 0..WRITE_ATTEMPTS {
-        let Some(patch) = bounds_patch(&api.get(name).await?, bounds) else {
-            return Ok(WriteOutcome::Unchanged);
-        };
-        match api.patch(name, &params(), &Patch::Merge(&patch)).await {
-            Ok(_) => return Ok(WriteOutcome::Written),
-            Err(e) if is_conflict(&e) => tracing::debug!(hpa = %name, %namespace, "HPA changed under us; re-reading"),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ScaleError::Conflict {
-        kind: "HorizontalPodAutoscaler",
-        namespace: namespace.into(),
-        name: name.into(),
-        attempts: WRITE_ATTEMPTS,
-    })
+    let plan = |hpa: HorizontalPodAutoscaler| Ok(bounds_patch(&hpa, bounds));
+    let write = |patch: Value| {
+        let api = &api;
+        async move { api.patch(name, &params(), &Patch::Merge(&patch)).await.map(drop) }
+    };
+    let written = guarded_rmw(guard, WRITE_ATTEMPTS, is_conflict, || api.get(name), plan, write).await;
+    settled(written, "HorizontalPodAutoscaler", namespace, name)
 }
 
 /// Set `spec.replicas` of a Deployment without an HPA (with one, the HPA would undo it), through
 /// the `scale` subresource: it can change the replica count and nothing else of the Deployment.
 pub async fn set_replicas(
     client: &Client,
+    guard: &LeaderGuard,
     namespace: &str,
     deployment: &str,
     replicas: i32,
 ) -> Result<WriteOutcome, ScaleError> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    for _ in 0..WRITE_ATTEMPTS {
-        let scale = api.get_scale(deployment).await?;
+    let plan = |scale: Scale| {
         // Scale omits `replicas` when it is 0.
         if scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) == replicas {
-            return Ok(WriteOutcome::Unchanged);
+            return Ok(None);
         }
-        let patch = json!({
+        Ok(Some(json!({
             "metadata": { "resourceVersion": scale.metadata.resource_version },
             "spec": { "replicas": replicas },
-        });
-        match api.patch_scale(deployment, &params(), &Patch::Merge(&patch)).await {
-            Ok(_) => return Ok(WriteOutcome::Written),
-            Err(e) if is_conflict(&e) => {
-                tracing::debug!(%deployment, %namespace, "Deployment changed under us; re-reading")
-            }
-            Err(e) => return Err(e.into()),
+        })))
+    };
+    let write = |patch: Value| {
+        let api = &api;
+        async move {
+            api.patch_scale(deployment, &params(), &Patch::Merge(&patch))
+                .await
+                .map(drop)
         }
+    };
+    let written = guarded_rmw(
+        guard,
+        WRITE_ATTEMPTS,
+        is_conflict,
+        || api.get_scale(deployment),
+        plan,
+        write,
+    )
+    .await;
+    settled(written, "Deployment", namespace, deployment)
+}
+
+fn settled(
+    written: Result<WriteOutcome, Stop<ScaleError>>,
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+) -> Result<WriteOutcome, ScaleError> {
+    match written {
+        Ok(outcome) => Ok(outcome),
+        Err(Stop::NotLeader) => Err(ScaleError::NotLeader),
+        Err(Stop::Failed(e)) => Err(e),
+        Err(Stop::Exhausted(_)) => Err(ScaleError::Conflict {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+            attempts: WRITE_ATTEMPTS,
+        }),
     }
-    Err(ScaleError::Conflict {
-        kind: "Deployment",
-        namespace: namespace.into(),
-        name: deployment.into(),
-        attempts: WRITE_ATTEMPTS,
-    })
 }
 
 /// Desired and ready replicas of a Deployment, and whether its controller has seen the current spec.
@@ -267,6 +290,9 @@ pub fn replica_state(d: &Deployment) -> ReplicaState {
             >= d.metadata.generation.unwrap_or(0),
     }
 }
+
+#[cfg(test)]
+mod fence_tests;
 
 #[cfg(test)]
 mod tests {
