@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use super::{Action, EventType, INVALID_POLL, Planner, Problem, READY_POLL, summary};
+use super::{Action, EventType, INVALID_POLL, Planner, READY_POLL, summary};
 use crate::policy::types::{Phase, RolloutPolicySpec, RolloutPolicyStatus, VersionRef};
-use crate::policy::validate::validate_spec;
 
 /// The stable traffic falls back to: the recorded one while the spec still names it (as stable, or as
 /// the canary it promoted), else the spec's stable. A canary in progress that the spec now calls
@@ -26,14 +25,7 @@ impl Planner<'_> {
     /// weight moves toward a stable that cannot serve or while a problem holds: traffic stays put.
     pub(super) fn change_stable(&mut self, recorded: &VersionRef, declared: &VersionRef) {
         let on_declared = self.obs.weights_are(&declared.subset, None, 0);
-        let mut problems: Vec<Problem> = validate_spec(self.spec)
-            .into_iter()
-            .map(|e| Problem {
-                reason: "InvalidSpec".into(),
-                message: e.to_string(),
-            })
-            .collect();
-        problems.extend(self.obs.problems.iter().cloned());
+        let problems = self.spec_and_preflight_problems();
         if !on_declared && !problems.is_empty() {
             let (reason, message) = summary(&problems);
             return self.hold_undeclared(recorded, declared, &reason, message, INVALID_POLL);

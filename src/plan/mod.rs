@@ -340,14 +340,7 @@ impl Planner<'_> {
 
     /// Spec errors and preflight problems, split into (the rest, those saying the canary cannot serve).
     fn problems(&self, desired: Option<&VersionRef>) -> (Vec<Problem>, Vec<Problem>) {
-        let mut problems: Vec<Problem> = validate_spec(self.spec)
-            .into_iter()
-            .map(|e| Problem {
-                reason: "InvalidSpec".into(),
-                message: e.to_string(),
-            })
-            .collect();
-        problems.extend(self.obs.problems.iter().cloned());
+        let problems = self.spec_and_preflight_problems();
         let mut canary = self.obs.canary_problems.clone();
         if let Some(d) = desired
             && self.obs.canary.is_none()
@@ -360,6 +353,19 @@ impl Planner<'_> {
             });
         }
         (problems, canary)
+    }
+
+    /// Spec errors and the preflight problems observed (not those saying the canary cannot serve).
+    fn spec_and_preflight_problems(&self) -> Vec<Problem> {
+        let mut problems: Vec<Problem> = validate_spec(self.spec)
+            .into_iter()
+            .map(|e| Problem {
+                reason: "InvalidSpec".into(),
+                message: e.to_string(),
+            })
+            .collect();
+        problems.extend(self.obs.problems.iter().cloned());
+        problems
     }
 
     /// The canary in status is the one the spec names (its template may have changed since).
