@@ -102,6 +102,9 @@ pub struct Parts {
     pub request_timeout: Duration,
 }
 
+/// How long after a Deployment's change its policies are woken again, for the object cache's lag.
+const CACHE_LAG: Duration = Duration::from_secs(1);
+
 /// Run the controller until SIGTERM/SIGINT, over all namespaces or just one.
 pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts: Parts) -> Result<()> {
     let Parts {
@@ -125,6 +128,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
     };
     let hooks = Arc::new(Runner::new(wake.clone(), leader.clone(), request_timeout)?);
     tokio::spawn(hooks.clone().run());
+    let rewake = wake.clone();
     let engine = Arc::new(Engine::new(wake, metrics.clone()));
     tokio::spawn(engine.clone().run());
     let ctx = Arc::new(Context {
@@ -208,12 +212,22 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
                 // A Deployment change wakes the policies that name it.
                 let ns = d.namespace();
                 let name = d.name_any();
-                store
+                let refs = store
                     .state()
                     .into_iter()
                     .filter(|p| p.namespace() == ns && p.names_deployment(&name))
                     .map(|p| ObjectRef::from_obj(&*p))
-                    .collect::<Vec<_>>()
+                    .collect::<Vec<_>>();
+                // The reconcile reads the object cache, a watch of its own that may not hold this
+                // change yet: look once more when it has had time to (reconciles are idempotent).
+                for r in &refs {
+                    let (tx, key) = (rewake.clone(), (ns.clone().unwrap_or_default(), r.name.clone()));
+                    tokio::spawn(async move {
+                        tokio::time::sleep(CACHE_LAG).await;
+                        let _ = tx.unbounded_send(key);
+                    });
+                }
+                refs
             },
         )
         .reconcile_on(woken.map(|(ns, name)| ObjectRef::new(&name).within(&ns)))
