@@ -403,6 +403,20 @@ async fn the_crds_refuse_what_the_daemon_cannot_decode() -> anyhow::Result<()> {
              spec: {{slack: {{channel: C1, allowedUsers: [{users}]}}}}\n"
         )
     };
+    // A platform object's namespace selector: each of its lists and strings is bounded too.
+    let labels = |n: usize| {
+        format!(
+            "{{{}}}",
+            (0..n).map(|i| format!("l{i}: v")).collect::<Vec<_>>().join(", ")
+        )
+    };
+    let selector_provider = |match_labels: &str, exprs: &str| {
+        format!(
+            "apiVersion: canaryd.io/v1alpha1\nkind: MetricProvider\nmetadata: {{name: crd-bounds-selector}}\n\
+             spec: {{address: \"http://p\", namespaceSelector: {{matchLabels: {match_labels}, matchExpressions: {exprs}}}}}\n"
+        )
+    };
+    support::apply_yaml(&client, &selector_provider(&labels(16), "[]")).await?;
     let policy = fixture::seed_yaml("rolloutpolicy.yaml", ns, ns);
     let long_service = policy.replace("service: istio-test", &format!("service: {}", "s".repeat(254)));
     let hook = "  webhooks:\n  - {name: h, type: pre-rollout, url: \"http://h\", retries: 4294967296}\n";
@@ -420,6 +434,21 @@ async fn the_crds_refuse_what_the_daemon_cannot_decode() -> anyhow::Result<()> {
         (target(1001), "spec.slack.allowedUsers"),
         (long_service, "spec.service"),
         (overflowing_hook, "spec.webhooks[0].retries"),
+        (
+            selector_provider(&labels(17), "[]"),
+            "spec.namespaceSelector.matchLabels",
+        ),
+        (
+            selector_provider(
+                "{}",
+                &format!("[{{key: team, operator: In, values: [{}]}}]", "v".repeat(64)),
+            ),
+            "spec.namespaceSelector.matchExpressions[0].values[0]",
+        ),
+        (
+            selector_provider("{}", "[{key: team, operator: Matches}]"),
+            "spec.namespaceSelector.matchExpressions[0].operator",
+        ),
     ];
     for (yaml, field) in cases {
         let err = support::apply_yaml(&client, &yaml)
