@@ -870,6 +870,38 @@ mod tests {
 
     const OK_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n";
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_most_max_concurrent_queries_are_in_flight() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncWriteExt;
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (n, m) = (now.clone(), most.clone());
+        let (address, hits) = serve(move |mut socket| {
+            let (now, most) = (n.clone(), m.clone());
+            async move {
+                let current = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(current, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                let _ = socket.write_all(OK_HEAD).await;
+                let _ = socket.write_all(EMPTY.as_bytes()).await;
+            }
+        })
+        .await;
+        let client = PromClient::new(&address, None, None, Duration::from_secs(10)).unwrap();
+        let answers = futures::future::join_all((0..10).map(|_| client.query("up"))).await;
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        assert_eq!(hits.load(Ordering::SeqCst), 10);
+        let most = most.load(Ordering::SeqCst);
+        assert!(
+            (1..=MAX_CONCURRENT_QUERIES).contains(&most),
+            "{most} queries in flight at once"
+        );
+    }
+
+    const EMPTY: &str = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+
     #[tokio::test]
     async fn huge_redirecting_and_slow_answers_are_provider_errors() {
         use tokio::io::AsyncWriteExt;
