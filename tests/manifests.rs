@@ -168,3 +168,206 @@ fn validate_prints_the_next_three_openings_of_each_window() {
         }
     }
 }
+
+/// README.md and every docs/*.md, with their text.
+fn doc_pages() -> Vec<(PathBuf, String)> {
+    let mut pages = vec![repo().join("README.md"), repo().join("CHANGELOG.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(repo().join("docs"))
+        .expect("docs/ exists")
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs);
+    pages
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (p, text)
+        })
+        .collect()
+}
+
+/// Every ```yaml block of a Markdown text, dedented to its fence, with the line it starts on.
+fn yaml_blocks(markdown: &str) -> Vec<(usize, String)> {
+    let mut blocks = Vec::new();
+    let mut open: Option<(usize, usize, String)> = None;
+    for (n, line) in markdown.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        match &mut open {
+            None if trimmed == "```yaml" => open = Some((n + 1, indent, String::new())),
+            Some((start, _, text)) if trimmed == "```" => {
+                blocks.push((*start, std::mem::take(text)));
+                open = None;
+            }
+            Some((_, indent, text)) => {
+                text.push_str(line.get(*indent..).unwrap_or(""));
+                text.push('\n');
+            }
+            None => {}
+        }
+    }
+    blocks
+}
+
+/// A RolloutPolicy the `spec:` fragments of the docs are merged into, key by key.
+const BASE_POLICY: &str = r#"{"apiVersion": "canaryd.io/v1alpha1", "kind": "RolloutPolicy",
+  "metadata": {"name": "docs-example", "namespace": "dev"},
+  "spec": {"service": "istio-test", "virtualServices": [{"name": "istio-test-vs"}],
+    "destinationRule": "istio-test-dr", "stable": {"subset": "v1", "deployment": "istio-test-v1"},
+    "canary": {"subset": "v2", "deployment": "istio-test-v2"}, "steps": [{"weight": 10}, {"weight": 100}]}}"#;
+
+/// The problems of one YAML example: canaryd kinds are decoded with the daemon's types (unknown fields
+/// are errors) and validated; a bare `spec:` fragment is checked inside a RolloutPolicy; anything
+/// else must parse. Returns how many documents were checked as canaryd objects.
+fn check_yaml_example(text: &str) -> Result<usize, String> {
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text).map_err(|e| format!("not YAML: {e}"))?;
+    let mut checked = 0;
+    for doc in docs {
+        let kind = doc.get("kind").and_then(|k| k.as_str());
+        let policy = match kind {
+            Some("RolloutPolicy" | "MetricProvider" | "NotificationTarget") => doc,
+            Some("RolloutCommand") => {
+                let spec = doc.get("spec").cloned().unwrap_or_default();
+                serde_path_to_error::deserialize::<_, canaryd::gates::commands::RolloutCommandSpec>(spec)
+                    .map_err(|e| format!("RolloutCommand spec.{}: {}", e.path(), e.inner()))?;
+                checked += 1;
+                continue;
+            }
+            Some(_) => continue,
+            None => {
+                let Some(fragment) = doc.as_object().filter(|m| m.len() == 1).and_then(|m| m.get("spec")) else {
+                    continue;
+                };
+                let mut base: serde_json::Value = serde_json::from_str(BASE_POLICY).expect("base policy");
+                for (key, value) in fragment.as_object().ok_or("spec is not a mapping")? {
+                    base["spec"][key] = value.clone();
+                }
+                base
+            }
+        };
+        let yaml = serde_json::to_string(&policy).expect("JSON is YAML");
+        let (_, errors) = canaryd::cli::validate::validate_text(&yaml);
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        checked += 1;
+    }
+    Ok(checked)
+}
+
+#[test]
+fn every_yaml_example_in_the_docs_decodes() {
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for (path, text) in doc_pages() {
+        for (line, block) in yaml_blocks(&text) {
+            match check_yaml_example(&block) {
+                Ok(n) => checked += n,
+                Err(e) => failures.push(format!("{}:{line}: {e}", path.display())),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "broken YAML examples:\n{}", failures.join("\n"));
+    assert!(checked >= 12, "only {checked} canaryd examples found in the docs");
+}
+
+#[test]
+fn the_docs_example_check_catches_a_broken_example() {
+    let page = "text\n\n  ```yaml\n  spec:\n    steps: [{weigth: 10}, {weight: 100}]\n  ```\n";
+    let blocks = yaml_blocks(page);
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    let e = check_yaml_example(&blocks[0].1).expect_err("a typo must fail");
+    assert!(e.contains("unknown field `weigth`"), "{e}");
+    let target = "kind: NotificationTarget\napiVersion: canaryd.io/v1alpha1\nmetadata: {name: t}\n\
+                  spec: {namespaceSelector: {}, slack: {chanel: C1}}\n";
+    let e = check_yaml_example(target).expect_err("a typo must fail");
+    assert!(e.contains("chanel"), "{e}");
+    let command =
+        "kind: RolloutCommand\nspec: {policy: p, command: promote, canary: h, step: 1, requestedBy: a, extra: 1}\n";
+    let e = check_yaml_example(command).expect_err("an unknown field must fail");
+    assert!(e.contains("extra"), "{e}");
+}
+
+#[test]
+fn the_readme_is_short_and_links_every_doc() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let lines = readme.lines().count();
+    assert!(
+        lines < 250,
+        "README.md has {lines} lines; keep it under 250 and move reference to docs/"
+    );
+    for (path, _) in doc_pages().iter().skip(2) {
+        let name = path.file_name().expect("file name").to_string_lossy();
+        assert!(
+            readme.contains(&format!("](docs/{name})")),
+            "docs/{name} is not linked from README.md"
+        );
+    }
+    for (path, text) in doc_pages() {
+        let first = text.lines().next().unwrap_or("");
+        let intro = text.lines().nth(2).unwrap_or("");
+        assert!(
+            first.starts_with("# ") && !intro.is_empty() && !intro.starts_with('#'),
+            "{}: open with a `# Title` and a line saying what it covers",
+            path.display()
+        );
+    }
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces as dashes.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn anchors(markdown: &str) -> Vec<String> {
+    let mut fence = false;
+    let mut out = Vec::new();
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fence = !fence;
+        } else if !fence && line.starts_with('#') {
+            out.push(anchor(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_link_between_the_docs_resolves() {
+    let pages = doc_pages();
+    let mut broken = Vec::new();
+    for (path, text) in &pages {
+        for target in text.split("](").skip(1).filter_map(|s| s.split(')').next()) {
+            if target.starts_with("http") || target.starts_with('<') {
+                continue;
+            }
+            let (file, fragment) = target.split_once('#').unwrap_or((target, ""));
+            let dest = if file.is_empty() {
+                path.clone()
+            } else {
+                path.parent().expect("parent").join(file)
+            };
+            let Ok(dest_text) = std::fs::read_to_string(&dest) else {
+                if !dest.is_dir() {
+                    broken.push(format!("{}: {target}: no such file", path.display()));
+                }
+                continue;
+            };
+            if !fragment.is_empty() && !anchors(&dest_text).iter().any(|a| a == fragment) {
+                broken.push(format!("{}: {target}: no such heading", path.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}

@@ -1,5 +1,5 @@
 //! The generic JSON webhook: one POST per transition, with the payload documented in
-//! README (`Generic webhook payload`).
+//! docs/notifications.md (`Generic JSON webhook`).
 
 use serde_json::{Value, json};
 
