@@ -11,7 +11,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use canaryd::policy::types::Phase;
+use canaryd::resources::policy::Phase;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 

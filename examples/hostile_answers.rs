@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
-use canaryd::analysis::prometheus::{Keep, MAX_ANSWER_BYTES, MAX_KEPT_PER_WORKLOAD, MAX_SERIES, PromClient};
 use canaryd::analysis::templates::Selection;
+use canaryd::prometheus::client::{Keep, MAX_ANSWER_BYTES, MAX_KEPT_PER_WORKLOAD, MAX_SERIES, PromClient};
 use futures::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

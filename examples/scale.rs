@@ -70,7 +70,7 @@ async fn main() -> Result<()> {
 }
 
 fn policy_resource() -> ApiResource {
-    ApiResource::erase::<canaryd::policy::types::RolloutPolicy>(&())
+    ApiResource::erase::<canaryd::resources::policy::RolloutPolicy>(&())
 }
 
 fn dyn_api(client: &Client, ar: &ApiResource) -> Api<DynamicObject> {

@@ -51,4 +51,10 @@ impl Error {
     }
 }
 
+impl From<crate::fence::NotLeader> for Error {
+    fn from(_: crate::fence::NotLeader) -> Self {
+        Error::NotLeader
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

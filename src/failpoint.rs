@@ -98,8 +98,8 @@ pub use armed::hit;
 
 /// The qualifier of a verdict point: `fail` if any metric failed, `pass` if all passed, else `other`.
 #[cfg(feature = "failpoints")]
-pub fn verdict(results: &[crate::policy::types::MetricResult]) -> &'static str {
-    use crate::policy::types::Verdict;
+pub fn verdict(results: &[crate::resources::policy::MetricResult]) -> &'static str {
+    use crate::resources::policy::Verdict;
     if results.iter().any(|r| r.verdict == Verdict::Fail) {
         "fail"
     } else if results.iter().all(|r| r.verdict == Verdict::Pass) {

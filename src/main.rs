@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use canaryd::cache::Caches;
 use canaryd::cli::{self, status, validate};
-use canaryd::controller::cache::Caches;
-use canaryd::controller::leader::{self, Elector, LeaderGuard};
+use canaryd::controller::leader::{self, Elector};
 use canaryd::controller::{Options, Parts};
-use canaryd::gates::commands::{CommandKind, Outcome};
-use canaryd::http::{Health, Role};
+use canaryd::fence::LeaderGuard;
+use canaryd::health::{Health, Role};
+use canaryd::resources::command::{CommandKind, Outcome};
 use canaryd::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
 
@@ -219,10 +220,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Crd { kind } => {
             let yaml = match kind {
-                CrdKind::RolloutPolicy => canaryd::policy::crd_yaml()?,
-                CrdKind::MetricProvider => canaryd::policy::provider_crd_yaml()?,
-                CrdKind::RolloutCommand => canaryd::policy::command_crd_yaml()?,
-                CrdKind::NotificationTarget => canaryd::policy::target_crd_yaml()?,
+                CrdKind::RolloutPolicy => canaryd::resources::crd::crd_yaml()?,
+                CrdKind::MetricProvider => canaryd::resources::crd::provider_crd_yaml()?,
+                CrdKind::RolloutCommand => canaryd::resources::crd::command_crd_yaml()?,
+                CrdKind::NotificationTarget => canaryd::resources::crd::target_crd_yaml()?,
             };
             print!("{yaml}");
             return Ok(ExitCode::SUCCESS);
@@ -338,7 +339,7 @@ async fn run(
     tracing::info!(%addr, "serving /metrics /healthz /readyz");
     // First line on stdout: where to scrape (scripts and tests read it when --listen ends in :0).
     println!("listening on {addr}");
-    let app = canaryd::http::router(metrics.clone(), health.clone());
+    let app = canaryd::health::router(metrics.clone(), health.clone());
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     // A standby fills its caches too: it is ready, and takes over without a cold start.
     let (wake, woken) = canaryd::controller::wake_channel();
@@ -404,7 +405,7 @@ async fn serve_approvals(
     let identity = cli::whoami(client)
         .await
         .context("the approvals listener needs the daemon's own user name (SelfSubjectReview)")?;
-    let approvals = canaryd::gates::api::Approvals::new(
+    let approvals = canaryd::approvals::api::Approvals::new(
         client.clone(),
         identity,
         options.namespace.clone(),
@@ -415,6 +416,6 @@ async fn serve_approvals(
         .with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving the approval API and /slack/interactivity");
-    let app = canaryd::gates::api::router(approvals);
-    Ok(tokio::spawn(canaryd::gates::api::serve(listener, app)))
+    let app = canaryd::approvals::api::router(approvals);
+    Ok(tokio::spawn(canaryd::approvals::api::serve(listener, app)))
 }

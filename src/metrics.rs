@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::policy::types::{Phase, RolloutPolicy, RolloutPolicyStatus};
+use crate::resources::policy::{Phase, RolloutPolicy, RolloutPolicyStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
@@ -219,7 +219,7 @@ impl Metrics {
 #[cfg(test)]
 mod policy_series_tests {
     use super::*;
-    use crate::policy::types::RolloutPolicyStatus;
+    use crate::resources::policy::RolloutPolicyStatus;
 
     fn policy() -> RolloutPolicy {
         serde_json::from_value(serde_json::json!({

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use crate::controller::leader::LeaderGuard;
+use crate::fence::LeaderGuard;
 
 /// The field manager of every write canaryd makes, so `managedFields` show who set a value.
 pub const FIELD_MANAGER: &str = "canaryd";

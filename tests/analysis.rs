@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use canaryd::policy::types::{Phase, RolloutPolicy};
+use canaryd::resources::policy::{Phase, RolloutPolicy};
 use fixture::analysis::{
     POLICY, SUCCESS_AND_LATENCY, VS, breach_to_rollback, mesh, message, phase, policy, set_subset,
 };
@@ -82,7 +82,7 @@ async fn slow_canary_is_rolled_back_on_latency_alone() -> Result<()> {
         )?;
         let results = p.status.and_then(|s| s.analysis).map(|a| a.metrics).unwrap_or_default();
         let verdict = |name: &str| results.iter().find(|r| r.name == name).map(|r| r.verdict);
-        use canaryd::policy::types::Verdict;
+        use canaryd::resources::policy::Verdict;
         ensure(
             verdict("latency-p99") == Some(Verdict::Fail) && verdict("success-rate") == Some(Verdict::Pass),
             format!("{results:?}"),

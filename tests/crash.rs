@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use canaryd::policy::types::RolloutPolicy;
+use canaryd::resources::policy::RolloutPolicy;
 use fixture::analysis::{POLICY, SUCCESS_AND_LATENCY, VS, mesh, set_subset};
 use fixture::scaling::{Hpas, STABLE, seed_with_pods};
 use fixture::{Seed, cli, daemon_kubeconfig};
@@ -396,7 +396,7 @@ async fn decisions(seed: &Seed) -> Result<BTreeMap<String, u32>> {
     let mut counts = BTreeMap::new();
     let history = api.get_opt(POLICY).await?.and_then(|p| p.status).map(|s| s.history);
     for t in history.unwrap_or_default() {
-        if t.phase == canaryd::policy::types::Phase::RollingBack {
+        if t.phase == canaryd::resources::policy::Phase::RollingBack {
             *counts.entry(t.reason).or_default() += 1;
         }
     }

@@ -220,13 +220,13 @@ async fn daemon_rbac_is_least_privilege() -> anyhow::Result<()> {
     forbidden(secrets.list(&Default::default()).await.map(|_| ()), "list Secrets")?;
     // Notification targets: read (the notifier sends to them), never written (a daemon that could
     // would redirect a team's messages and credentials).
-    let targets: Api<canaryd::gates::target::NotificationTarget> = Api::all(daemon.clone());
+    let targets: Api<canaryd::resources::target::NotificationTarget> = Api::all(daemon.clone());
     targets.list(&Default::default()).await?;
     forbidden(
         targets.delete("anything", &DeleteParams::default()).await.map(|_| ()),
         "delete a NotificationTarget",
     )?;
-    let policies: Api<canaryd::policy::types::RolloutPolicy> = Api::namespaced(daemon, &seed.ns);
+    let policies: Api<canaryd::resources::policy::RolloutPolicy> = Api::namespaced(daemon, &seed.ns);
     forbidden(
         policies.delete("anything", &DeleteParams::default()).await.map(|_| ()),
         "delete a RolloutPolicy",

@@ -14,7 +14,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
-use canaryd::policy::types::{Phase, RolloutPolicy};
+use canaryd::resources::policy::{Phase, RolloutPolicy};
 use fixture::analysis::{POLICY, SUCCESS_AND_LATENCY, VS, mesh, message, phase, policy, set_subset};
 use fixture::{Seed, ensure, seed, start_daemon};
 use serde_json::{Value, json};

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use canaryd::policy::types::{Phase, RolloutPolicy};
+use canaryd::resources::policy::{Phase, RolloutPolicy};
 use fixture::{Seed, cli, ensure, seed};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -104,7 +104,7 @@ async fn create_command(client: &kube::Client, yaml: &str) -> Result<()> {
     let api: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         TENANT,
-        &ApiResource::erase::<canaryd::gates::commands::RolloutCommand>(&()),
+        &ApiResource::erase::<canaryd::resources::command::RolloutCommand>(&()),
     );
     api.create(&PostParams::default(), &object).await?;
     Ok(())
@@ -260,7 +260,7 @@ async fn hostile_objects_of_every_kind_do_not_stop_the_fleet() -> Result<()> {
         let commands: Api<DynamicObject> = Api::namespaced_with(
             seed.client.clone(),
             TENANT,
-            &ApiResource::erase::<canaryd::gates::commands::RolloutCommand>(&()),
+            &ApiResource::erase::<canaryd::resources::command::RolloutCommand>(&()),
         );
         for (name, why) in [("overflow", "4294967296"), ("long", "spec.canary: 70000 characters")] {
             let status = support::wait_until(&format!("command {name} to be refused"), T, async || {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use canaryd::policy::types::{Phase, RolloutPolicy};
+use canaryd::resources::policy::{Phase, RolloutPolicy};
 use fixture::scaling::{CANARY, Hpas, Replicas, STABLE, STABLE_REPLICAS, replicas_of, seed_with_pods};
 use fixture::{Seed, cli, ensure, start_daemon};
 use futures::StreamExt;

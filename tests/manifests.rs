@@ -22,10 +22,10 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn deploy_crd_is_not_stale() {
     let crds = [
-        ("rolloutpolicy", canaryd::policy::crd_yaml()),
-        ("metricprovider", canaryd::policy::provider_crd_yaml()),
-        ("notificationtarget", canaryd::policy::target_crd_yaml()),
-        ("rolloutcommand", canaryd::policy::command_crd_yaml()),
+        ("rolloutpolicy", canaryd::resources::crd::crd_yaml()),
+        ("metricprovider", canaryd::resources::crd::provider_crd_yaml()),
+        ("notificationtarget", canaryd::resources::crd::target_crd_yaml()),
+        ("rolloutcommand", canaryd::resources::crd::command_crd_yaml()),
     ];
     for (name, generated) in crds {
         let generated = generated.expect("CRD renders");

@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
-use canaryd::policy::types::{Phase, RolloutPolicy};
+use canaryd::resources::policy::{Phase, RolloutPolicy};
 use fixture::{Seed, cli, ensure, fail_with_logs, operator_kubeconfig, seed, start_daemon};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;

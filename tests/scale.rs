@@ -6,8 +6,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use canaryd::controller::leader::LeaderGuard;
-use canaryd::scale::capacity::{Bounds, MaxPolicy, canary_capacity, pin_min, raise_min};
+use canaryd::fence::LeaderGuard;
+use canaryd::replicas::{Bounds, MaxPolicy, canary_capacity, pin_min, raise_min};
 use canaryd::scale::hpa::{self, ScaleError, WriteOutcome};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -125,7 +125,7 @@ async fn set_bounds_changes_only_the_bounds_and_restores_them() -> Result<()> {
     let above = raise_min(original, 12, MaxPolicy::RaiseTemporarily)?;
     assert!(matches!(
         raise_min(original, 12, MaxPolicy::Fail),
-        Err(canaryd::scale::capacity::CapacityError::AboveMax { required: 12, max: 10 })
+        Err(canaryd::replicas::CapacityError::AboveMax { required: 12, max: 10 })
     ));
     assert_eq!(
         hpa::set_bounds(&client, &LeaderGuard::unelected(), ns, "web", above).await?,

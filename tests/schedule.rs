@@ -8,8 +8,8 @@ mod support;
 use std::time::Duration;
 
 use anyhow::Result;
-use canaryd::gates::schedule::HoldReason;
-use canaryd::policy::types::{Phase, RolloutPolicy};
+use canaryd::resources::policy::{Phase, RolloutPolicy};
+use canaryd::resources::schedule::HoldReason;
 use fixture::{cli, ensure, operator_kubeconfig, seed, start_daemon};
 use jiff::Timestamp;
 

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use canaryd::gates::commands::{CommandKind, Outcome, RolloutCommand, RolloutCommandSpec};
-use canaryd::policy::provider::MetricProvider;
-use canaryd::policy::types::{Phase, RolloutPolicy};
+use canaryd::resources::command::{CommandKind, Outcome, RolloutCommand, RolloutCommandSpec};
+use canaryd::resources::policy::{Phase, RolloutPolicy};
+use canaryd::resources::provider::MetricProvider;
 use fixture::{Seed, cli, ensure, mark_ready, seed, start_daemon_with};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;

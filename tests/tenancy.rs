@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use anyhow::Result;
-use canaryd::policy::types::{Phase, RolloutPolicy};
+use canaryd::resources::policy::{Phase, RolloutPolicy};
 use fixture::{ensure, seed, start_daemon};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams};

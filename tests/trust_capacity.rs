@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use anyhow::Result;
-use canaryd::policy::types::{Phase, RolloutPolicy};
+use canaryd::resources::policy::{Phase, RolloutPolicy};
 use fixture::scaling::{CANARY, Hpas, seed_with_pods};
 use fixture::{cli, ensure, operator_kubeconfig, start_daemon};
 

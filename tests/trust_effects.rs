@@ -10,7 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use canaryd::policy::types::{Phase, RolloutPolicy};
+use canaryd::resources::policy::{Phase, RolloutPolicy};
 use fixture::scaling::{CANARY, Hpas, STABLE, STABLE_REPLICAS, seed_with_pods};
 use fixture::{Seed, cli, ensure, start_daemon};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use canaryd::mesh::routes::route_weights;
-use canaryd::policy::types::{Phase, RolloutPolicy, RolloutPolicyStatus};
+use canaryd::resources::policy::{Phase, RolloutPolicy, RolloutPolicyStatus};
 use fixture::analysis::{SUCCESS_AND_LATENCY, mesh, policy as analysis_policy, set_subset};
 use fixture::{Seed, cli, ensure, mark_ready, operator_kubeconfig, seed, seed_yaml, start_daemon};
 use futures::StreamExt;

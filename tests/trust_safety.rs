@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use anyhow::Result;
-use canaryd::policy::types::{Phase, RolloutPolicy};
+use canaryd::resources::policy::{Phase, RolloutPolicy};
 use fixture::scaling::{CANARY, Hpas, STABLE, seed_with_pods};
 use fixture::{Seed, cli, ensure, start_daemon};
 use k8s_openapi::api::apps::v1::Deployment;

@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 
-use crate::policy::types::MetricResult;
+use crate::resources::policy::MetricResult;
 
 /// The results of one check of all of a policy's metrics.
 #[derive(Clone, Debug, PartialEq)]

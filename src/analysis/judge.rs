@@ -4,7 +4,7 @@
 //! that too little traffic is told apart from a bad canary.
 
 use crate::analysis::templates::Template;
-use crate::policy::types::{MetricCheck, Verdict};
+use crate::resources::policy::{MetricCheck, Verdict};
 
 /// One element of an instant vector.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -472,7 +472,7 @@ pub fn aggregate(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::types::RelativeCheck;
+    use crate::resources::policy::RelativeCheck;
 
     const NS: &str = "shop";
     const CANARY: &str = "cart-v2";

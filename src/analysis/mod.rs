@@ -1,7 +1,6 @@
-//! Analysis: Prometheus queries, built-in templates and the judgement of each check.
+//! Analysis (pure): the built-in templates and the judgement of each check. Asking Prometheus is
+//! `crate::prometheus`.
 
 pub mod check;
-pub mod engine;
 pub mod judge;
-pub mod prometheus;
 pub mod templates;

@@ -12,8 +12,8 @@ use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 
-use crate::gates::commands::{CommandKind, RolloutCommand, RolloutCommandSpec, RolloutCommandStatus};
-use crate::policy::types::RolloutPolicy;
+use crate::resources::command::{CommandKind, RolloutCommand, RolloutCommandSpec, RolloutCommandStatus};
+use crate::resources::policy::RolloutPolicy;
 
 pub const FIELD_MANAGER: &str = "canaryd-cli";
 
@@ -49,7 +49,7 @@ pub async fn send(client: &Client, namespace: &str, name: &str, kind: CommandKin
         .as_ref()
         .ok_or_else(|| CliError::NoRollout(format!("{namespace}/{name}"), kind.as_str()))?;
     let requested_by = whoami(client).await.ok_or(CliError::NoIdentity)?;
-    let owner = crate::gates::commands::owned_by(&policy);
+    let owner = crate::approvals::admission::owned_by(&policy);
     let command = RolloutCommand {
         metadata: ObjectMeta {
             generate_name: Some(format!("{name}-{}-", kind.as_str())),

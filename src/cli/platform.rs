@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::gates::target::NotificationTargetSpec;
-use crate::gates::webhook::ALLOWED_URLS_ANNOTATION;
-use crate::policy::provider::MetricProviderSpec;
-use crate::policy::selector::{self, NamespaceSelector, WEBHOOK_NAMESPACES_ANNOTATION};
+use crate::resources::provider::MetricProviderSpec;
+use crate::resources::selector::{self, NamespaceSelector, WEBHOOK_NAMESPACES_ANNOTATION};
+use crate::resources::target::NotificationTargetSpec;
+use crate::resources::webhook::ALLOWED_URLS_ANNOTATION;
 
 /// The errors of one document of a kind this checks; None for other kinds.
 pub fn validate(doc: &Value) -> Option<Vec<String>> {

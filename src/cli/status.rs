@@ -8,9 +8,10 @@ use kube::api::{Api, ListParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
+use crate::cron as schedule;
 use crate::error::Result;
-use crate::gates::schedule::{self, ScheduleStatus};
-use crate::policy::types::RolloutPolicy;
+use crate::resources::policy::RolloutPolicy;
+use crate::resources::schedule::ScheduleStatus;
 
 const BAR: usize = 30;
 
@@ -210,7 +211,7 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gates::schedule::HoldReason;
+    use crate::resources::schedule::HoldReason;
 
     #[test]
     fn the_hold_names_the_next_opening_in_its_zone() {

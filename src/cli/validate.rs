@@ -7,9 +7,9 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::gates::schedule::{next_openings, show};
-use crate::policy::types::RolloutPolicySpec;
+use crate::cron::{next_openings, show};
 use crate::policy::validate::validate_spec;
+use crate::resources::policy::RolloutPolicySpec;
 
 const TOP_LEVEL: [&str; 5] = ["apiVersion", "kind", "metadata", "spec", "status"];
 
@@ -155,7 +155,7 @@ fn validate_policy(doc: &Value) -> Vec<String> {
         Ok(spec) => {
             errors.extend(validate_spec(&spec).into_iter().map(|e| e.to_string()));
             // Checked here only: at run time a bad notification entry is reported, never stops a rollout.
-            errors.extend(crate::gates::notify::validate_notifications(&spec));
+            errors.extend(crate::notify::validate_notifications(&spec));
         }
     }
     errors

@@ -10,7 +10,7 @@ use super::observe::vs_refs;
 use crate::error::{Error, Result};
 use crate::mesh::istio::set_weights;
 use crate::plan::{Action, EventType};
-use crate::policy::types::{Condition, Phase, RolloutPolicy, RolloutPolicyStatus};
+use crate::resources::policy::{Condition, Phase, RolloutPolicy, RolloutPolicyStatus};
 use crate::scale::hpa::ScaleError;
 use crate::write::WriteOutcome;
 
@@ -445,7 +445,7 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::types::CanaryStatus;
+    use crate::resources::policy::CanaryStatus;
 
     fn api(code: u16) -> Error {
         Error::Kube(kube::Error::Api(

@@ -8,15 +8,18 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
-use crate::analysis::engine::Request;
-use crate::analysis::prometheus::Credentials;
 use crate::analysis::templates::{Vars, VersionVars};
-use crate::error::{Error, Result};
-use crate::policy::provider::MetricProvider;
-use crate::policy::selector::Access;
-use crate::policy::types::{Phase, PrometheusAddress, RolloutPolicy, RolloutPolicyStatus, SecretKeyRef, VersionRef};
+use crate::error::Result;
+use crate::prometheus::client::Credentials;
+use crate::prometheus::engine::Request;
+use crate::resources::policy::{
+    Phase, PrometheusAddress, RolloutPolicy, RolloutPolicyStatus, SecretKeyRef, VersionRef,
+};
+use crate::resources::provider::MetricProvider;
+use crate::resources::selector::Access;
+use crate::secrets::secret_value;
 
-use super::cache::Caches;
+use crate::cache::Caches;
 
 fn version_vars(v: &VersionRef, versions: &BTreeMap<String, String>) -> VersionVars {
     VersionVars {
@@ -115,20 +118,4 @@ async fn resolve(secrets: &Api<Secret>, provider: &MetricProvider) -> Result<Res
         timeout: spec.timeout,
     };
     Ok((address, credentials, ca_pem))
-}
-
-/// One key of a Secret, from `data` or (not yet folded by the API server) `stringData`.
-pub(crate) fn secret_bytes(secret: &Secret, key: &str) -> Option<Vec<u8>> {
-    let data = secret.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.clone());
-    data.or_else(|| {
-        let strings = secret.string_data.as_ref()?;
-        strings.get(key).map(|s| s.clone().into_bytes())
-    })
-}
-
-pub(crate) async fn secret_value(secrets: &Api<Secret>, r: &SecretKeyRef) -> Result<String> {
-    let secret = secrets.get(&r.name).await?;
-    let bytes = secret_bytes(&secret, &r.key)
-        .ok_or_else(|| Error::Secret(format!("Secret {} has no key {:?}", r.name, r.key)))?;
-    String::from_utf8(bytes).map_err(|_| Error::Secret(format!("Secret {} key {:?} is not UTF-8", r.name, r.key)))
 }

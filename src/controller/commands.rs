@@ -12,9 +12,10 @@ use kube::{Resource, ResourceExt};
 use tracing::warn;
 
 use super::Context;
+use crate::approvals::admission::admit;
 use crate::error::{Error, Result};
-use crate::gates::commands::{Command, Outcome, RolloutCommand, RolloutCommandStatus, admit};
-use crate::policy::types::{RolloutPolicy, RolloutPolicyStatus};
+use crate::resources::command::{Command, Outcome, RolloutCommand, RolloutCommandStatus};
+use crate::resources::policy::{RolloutPolicy, RolloutPolicyStatus};
 
 /// A command admitted for this reconcile.
 pub struct Admitted {
@@ -35,7 +36,7 @@ fn pending(ctx: &Context, policy: &RolloutPolicy) -> Vec<Arc<RolloutCommand>> {
             d.ok()
                 .is_some_and(|c| c.namespace() == ns && c.spec.policy == name && c.status.is_none())
         })
-        .filter_map(crate::controller::cache::ok)
+        .filter_map(crate::cache::ok)
         .collect();
     pending.sort_by_key(|c| (c.creation_timestamp().map(|t| t.0), c.name_any()));
     pending

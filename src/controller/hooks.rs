@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
-use crate::gates::webhook::{ALLOWED_URLS_ANNOTATION, Bearer, Credential, HookCall, PayloadVersion, url_allowed};
 use crate::plan::Plan;
-use crate::policy::selector::WEBHOOK_NAMESPACES_ANNOTATION;
-use crate::policy::types::{RolloutPolicy, SecretKeyRef};
+use crate::resources::policy::{RolloutPolicy, SecretKeyRef};
+use crate::resources::selector::WEBHOOK_NAMESPACES_ANNOTATION;
+use crate::resources::webhook::{ALLOWED_URLS_ANNOTATION, Bearer, Credential, HookCall, PayloadVersion, url_allowed};
 
 use super::tenancy::{Tokens, token_access};
 
@@ -82,7 +82,7 @@ fn credential(
             "its {ALLOWED_URLS_ANNOTATION} annotation does not allow this URL"
         ));
     }
-    let value = super::analysis::secret_bytes(secret, &r.key);
+    let value = crate::secrets::secret_bytes(secret, &r.key);
     match value.map(String::from_utf8) {
         Some(Ok(token)) => Credential::Bearer(Bearer(token.trim().to_string())),
         Some(Err(_)) => refused(&format!("key {:?} is not UTF-8", r.key)),

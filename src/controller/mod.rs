@@ -3,15 +3,10 @@
 
 mod act;
 mod analysis;
-// Secrets of the daemon's namespace, read the same way for the approvals listener.
-pub(crate) use analysis::secret_value;
-pub mod cache;
 mod commands;
 mod hooks;
 pub mod leader;
 pub mod observe;
-pub mod rejected;
-pub mod slim;
 mod superseded;
 pub mod tenancy;
 
@@ -33,16 +28,17 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{Instrument, info_span, warn};
 
-use crate::analysis::engine::{Engine, Key};
+use crate::cache::slim::{DecodeError, SlimPolicy, decode};
+use crate::cache::{self, Caches};
 use crate::error::{Error, Result};
-use crate::gates::runner::Runner;
-use crate::http::{Health, RESYNC};
+use crate::fence::LeaderGuard;
+use crate::health::{Health, RESYNC};
+use crate::hooks::runner::Runner;
 use crate::metrics::Metrics;
 use crate::plan::{Action, plan};
-use crate::policy::types::Phase;
-use crate::policy::types::RolloutPolicy;
-use leader::LeaderGuard;
-use slim::SlimPolicy;
+use crate::prometheus::engine::{Engine, Key};
+use crate::resources::policy::Phase;
+use crate::resources::policy::RolloutPolicy;
 
 const ERROR_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -67,7 +63,7 @@ pub struct Options {
 pub struct Context {
     pub client: Client,
     pub options: Options,
-    pub caches: cache::Caches,
+    pub caches: Caches,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub engine: Arc<Engine>,
@@ -89,7 +85,7 @@ pub fn wake_channel() -> (UnboundedSender<Key>, UnboundedReceiver<Key>) {
 /// What the daemon starts before it leads: caches fill on a standby too, so it takes over warm.
 pub struct Parts {
     /// Started by [`cache::Caches::start`] with `wake`.
-    pub caches: cache::Caches,
+    pub caches: Caches,
     pub wake: UnboundedSender<Key>,
     pub woken: UnboundedReceiver<Key>,
     /// Every write is checked against it.
@@ -152,7 +148,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
     let writer = Writer::default();
     let store = writer.as_reader();
     // Notifications run beside the reconciles, never inside them: a slow receiver cannot hold one.
-    match crate::gates::notify::Notifier::new(
+    match crate::notify::Notifier::new(
         ctx.client.clone(),
         store.clone(),
         (ctx.caches.targets.clone(), ctx.caches.namespaces.clone()),
@@ -259,35 +255,6 @@ fn after_first_list<K>(
         }
         Ok(_) => None,
         Err(e) => Some(Err(e)),
-    })
-}
-
-/// Why a stored policy cannot be decoded, naming the field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError {
-    pub field: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-/// The typed policy, or the field that keeps it from being one.
-pub fn decode(obj: &SlimPolicy) -> std::result::Result<RolloutPolicy, DecodeError> {
-    // Straight from the text, as every resync does; the slower path below only names the field.
-    if let Ok(policy) = obj.to_json_text().and_then(|t| serde_json::from_str(&t)) {
-        return Ok(policy);
-    }
-    let value = obj.to_value().map_err(|e| DecodeError {
-        field: ".".into(),
-        message: e.to_string(),
-    })?;
-    serde_path_to_error::deserialize::<_, RolloutPolicy>(value).map_err(|e| DecodeError {
-        field: e.path().to_string(),
-        message: e.inner().to_string(),
     })
 }
 
@@ -576,7 +543,7 @@ mod tests {
     use super::*;
 
     fn object(progress_deadline: &str) -> SlimPolicy {
-        slim::policy_from_json(json!({
+        crate::cache::slim::policy_from_json(json!({
             "apiVersion": "canaryd.io/v1alpha1", "kind": "RolloutPolicy",
             "metadata": {"name": "p", "namespace": "dev", "resourceVersion": "1"},
             "spec": {

@@ -4,38 +4,19 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::ResourceExt;
 use serde_json::Value;
 
-use super::cache::Caches;
 use crate::analysis::check::Check;
+use crate::cache::Caches;
+use crate::cache::slim::template_hash;
 use crate::error::Result;
-use crate::gates::commands;
 use crate::mesh::preflight::{self, Snapshot, VsSnapshot};
 use crate::mesh::routes::{managed_routes, route_weights, routes_sending_to};
 use crate::plan::{DeploymentState, Observed, Problem, ScaleObserved, VersionScale, declared_stable};
-use crate::policy::types::RolloutPolicy;
+use crate::resources::command;
+use crate::resources::policy::RolloutPolicy;
 use crate::scale::hpa;
-
-/// FNV-1a over the pod template's JSON: stable across daemon versions and restarts, unlike
-/// `DefaultHasher`, because it is recorded in status. A cached Deployment holds the hash instead
-/// of the template (see [`super::slim::SlimDeployment`]); a real one always has a pod spec.
-pub fn template_hash(d: &Deployment) -> String {
-    let template = &d.spec.template;
-    if template.spec.is_none()
-        && let Some(hash) = d.annotations().get(super::slim::TEMPLATE_HASH)
-    {
-        return hash.clone();
-    }
-    hash_template(template)
-}
-
-/// The hash of a pod template (see [`template_hash`]).
-pub fn hash_template(template: &PodTemplateSpec) -> String {
-    let hash = crate::hash::fnv1a64(serde_json::to_vec(template).unwrap_or_default());
-    format!("{hash:016x}")
-}
 
 pub fn deployment_state(d: &Deployment) -> DeploymentState {
     let replicas = hpa::replica_state(d);
@@ -204,10 +185,10 @@ pub fn observe(
     let routes = readable_weights(&vss, &fqdn);
     // Commands come as RolloutCommands (set by the controller after admission), never annotations.
     let command = None;
-    let command_error = policy.annotations().get(commands::LEGACY_ANNOTATION).map(|_| {
+    let command_error = policy.annotations().get(command::LEGACY_ANNOTATION).map(|_| {
         format!(
             "annotation {} is ignored: commands are RolloutCommands now (`canaryd promote` creates one)",
-            commands::LEGACY_ANNOTATION
+            command::LEGACY_ANNOTATION
         )
     });
     let (scaling, scale_problems) = if spec.scaling.enabled {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::analysis::engine::Key;
+use crate::prometheus::engine::Key;
 
 /// Enough for the writes of one pass (finalizer, status) and the pass after.
 const KEPT: usize = 4;

@@ -10,11 +10,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
-use super::cache::Caches;
+use crate::cache::Caches;
 use crate::plan::Problem;
-use crate::policy::provider::MetricProvider;
-use crate::policy::selector::{self, Access, WEBHOOK_NAMESPACES_ANNOTATION};
-use crate::policy::types::RolloutPolicy;
+use crate::resources::policy::RolloutPolicy;
+use crate::resources::provider::MetricProvider;
+use crate::resources::selector::{self, Access, WEBHOOK_NAMESPACES_ANNOTATION};
 
 pub const PROVIDER_NOT_ALLOWED: &str = "ProviderNotAllowed";
 pub const TARGET_NOT_ALLOWED: &str = "TargetNotAllowed";
@@ -80,7 +80,7 @@ pub fn problems(caches: &Caches, policy: &RolloutPolicy, tokens: &Tokens, secret
     }
     for (i, n) in policy.spec.notifications.iter().enumerate() {
         let cached = caches.targets.get(&kube::runtime::reflector::ObjectRef::new(&n.target));
-        if let Some(target) = cached.and_then(super::cache::ok) {
+        if let Some(target) = cached.and_then(crate::cache::ok) {
             let access = selector::access(target.spec.namespace_selector.as_ref(), labels.as_ref());
             let subject = format!("NotificationTarget {:?} (spec.namespaceSelector)", n.target);
             refuse(

@@ -5,8 +5,8 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchP
 use serde_json::Value;
 
 use super::routes::{managed_routes, weight_patch};
-use crate::controller::leader::LeaderGuard;
 use crate::error::{Error, Result};
+use crate::fence::LeaderGuard;
 use crate::write::{FIELD_MANAGER, Stop, WriteOutcome, guarded_rmw};
 
 /// Re-read and re-plan this many times when a concurrent edit makes the guarded patch fail.

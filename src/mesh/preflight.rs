@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::routes::{check_route, managed_routes, resolve_host};
 use crate::plan::Problem;
-use crate::policy::types::{RolloutPolicySpec, VersionRef};
+use crate::resources::policy::{RolloutPolicySpec, VersionRef};
 
 /// One VirtualService named by the policy, as read (None: not found).
 pub struct VsSnapshot {
@@ -255,7 +255,7 @@ fn check_destination_rule(spec: &RolloutPolicySpec, snap: &Snapshot<'_>, dr: &Va
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::types::VirtualServiceRef;
+    use crate::resources::policy::VirtualServiceRef;
 
     fn v(subset: &str) -> VersionRef {
         VersionRef {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::Planner;
 use crate::analysis::judge::aggregate;
-use crate::policy::types::{AnalysisStatus, Phase, ProviderErrorAction, Verdict, VersionRef};
+use crate::resources::policy::{AnalysisStatus, Phase, ProviderErrorAction, Verdict, VersionRef};
 
 impl Planner<'_> {
     /// Fold the newest check into the counters, once.

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::{Action, EventType, Planner, duration_between};
-use crate::policy::types::{ScaleDown, ScalingStatus, VersionRef, VersionScaling};
-use crate::scale::capacity::{Bounds, MaxPolicy, canary_capacity, managed_fields, pin_min, raise_min, restore_fields};
+use crate::replicas::{Bounds, MaxPolicy, canary_capacity, managed_fields, pin_min, raise_min, restore_fields};
+use crate::resources::policy::{ScaleDown, ScalingStatus, VersionRef, VersionScaling};
 
 /// How often to look again while a scale-down waits for routes to stop using the old stable.
 pub const SCALE_DOWN_BLOCKED_POLL: Duration = Duration::from_secs(5);

@@ -8,10 +8,10 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::super::{Action, EventType, Observed, Plan, plan};
 use super::{ScaleObserved, VersionScale};
-use crate::gates::commands::{Command, CommandKind};
 use crate::plan::DeploymentState;
-use crate::policy::types::{Phase, RolloutPolicySpec, RolloutPolicyStatus, Step, VersionRef, VirtualServiceRef};
-use crate::scale::capacity::Bounds;
+use crate::replicas::Bounds;
+use crate::resources::command::{Command, CommandKind};
+use crate::resources::policy::{Phase, RolloutPolicySpec, RolloutPolicyStatus, Step, VersionRef, VirtualServiceRef};
 
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_700_000_000 + secs).unwrap()

@@ -2,8 +2,8 @@
 //! command id acts once and is recorded in status.
 
 use super::{EventType, Planner};
-use crate::gates::commands::CommandKind;
-use crate::policy::types::{CanaryStatus, Phase, VersionRef};
+use crate::resources::command::CommandKind;
+use crate::resources::policy::{CanaryStatus, Phase, VersionRef};
 
 impl Planner<'_> {
     /// Act on a new command; returns a promotion to carry out in the step walk, `(full, by)`. While

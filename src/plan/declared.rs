@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{Action, EventType, INVALID_POLL, Planner, READY_POLL, summary};
-use crate::policy::types::{Phase, RolloutPolicySpec, RolloutPolicyStatus, VersionRef};
+use crate::resources::policy::{Phase, RolloutPolicySpec, RolloutPolicyStatus, VersionRef};
 
 /// The stable traffic falls back to: the recorded one while the spec still names it (as stable, or as
 /// the canary it promoted), else the spec's stable. A canary in progress that the spec now calls

@@ -7,8 +7,8 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use super::*;
-use crate::gates::commands::CommandKind;
-use crate::policy::types::{Pause, Step, VirtualServiceRef};
+use crate::resources::command::CommandKind;
+use crate::resources::policy::{Pause, Step, VirtualServiceRef};
 
 fn v(subset: &str) -> VersionRef {
     VersionRef {

@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 
 use super::{Action, DeploymentState, EventType, Observed, cleanup_observed, declared_stable};
-use crate::policy::types::{RolloutPolicySpec, RolloutPolicyStatus};
+use crate::resources::policy::{RolloutPolicySpec, RolloutPolicyStatus};
 
 /// The finalizer's actions, and what it leaves alone.
 #[derive(Debug, Clone, PartialEq)]

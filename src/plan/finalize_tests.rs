@@ -7,11 +7,11 @@ use jiff::Timestamp;
 
 use super::finalize;
 use crate::plan::{Action, DeploymentState, EventType, Observed, ScaleObserved, VersionScale};
-use crate::policy::types::{
+use crate::replicas::Bounds;
+use crate::resources::policy::{
     CanaryStatus, Phase, RolloutPolicySpec, RolloutPolicyStatus, ScalingStatus, Step, VersionRef, VersionScaling,
     VirtualServiceRef,
 };
-use crate::scale::capacity::Bounds;
 
 fn b(min: i32, max: i32) -> Bounds {
     Bounds {

@@ -2,8 +2,10 @@
 //! answers (observed, bound to this rollout's step) mean. No HTTP here: the runner makes the calls.
 
 use super::Planner;
-use crate::gates::webhook::{Credential, GateStatus, HookAnswer, HookCall, HookType, Payload, PayloadVersion, Webhook};
-use crate::policy::types::{Phase, RolloutPolicyStatus, VersionRef};
+use crate::resources::policy::{Phase, RolloutPolicyStatus, VersionRef};
+use crate::resources::webhook::{
+    Credential, GateStatus, HookAnswer, HookCall, HookType, Payload, PayloadVersion, Webhook,
+};
 
 pub(super) const WAITING_FOR_WEBHOOK: &str = "WaitingForWebhook";
 pub(super) const WEBHOOK_ROLLBACK: &str = "WebhookRollback";

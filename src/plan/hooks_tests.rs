@@ -4,8 +4,8 @@
 use super::analysis::analysis;
 use super::*;
 use crate::analysis::check::Check;
-use crate::gates::webhook::{HookAnswer, HookType, Webhook};
-use crate::policy::types::{MetricResult, ProviderErrorAction, Verdict};
+use crate::resources::policy::{MetricResult, ProviderErrorAction, Verdict};
+use crate::resources::webhook::{HookAnswer, HookType, Webhook};
 
 fn hook(name: &str, type_: HookType, retries: u32) -> Webhook {
     Webhook {

@@ -7,12 +7,12 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use crate::analysis::check::Check;
-use crate::gates::commands::Command;
-use crate::gates::webhook::{GateStatus, HookAnswer, HookCall};
-use crate::policy::types::{
+use crate::policy::validate::validate_spec;
+use crate::resources::command::Command;
+use crate::resources::policy::{
     AnalysisStatus, CanaryStatus, Condition, Phase, RolloutPolicySpec, RolloutPolicyStatus, Transition, VersionRef,
 };
-use crate::policy::validate::validate_spec;
+use crate::resources::webhook::{GateStatus, HookAnswer, HookCall};
 
 mod analysis;
 mod capacity;
@@ -143,7 +143,7 @@ pub enum Action {
     /// Set an HPA's minReplicas/maxReplicas (nothing else of it).
     SetHpaBounds {
         hpa: String,
-        bounds: crate::scale::capacity::Bounds,
+        bounds: crate::replicas::Bounds,
     },
     /// Set a Deployment's replicas (versions without an HPA; the old stable after promotion).
     SetReplicas { deployment: String, replicas: i32 },

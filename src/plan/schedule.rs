@@ -1,8 +1,9 @@
 //! The schedule gate: outside every window or inside a freeze, the canary's weight does not rise.
 //! Analysis, rollback, abort, pause and timed pauses go on; only increases wait.
 
-use crate::gates::schedule::{HoldReason, ScheduleStatus, Why, WindowState, show, window_state};
-use crate::policy::types::{Phase, VersionRef};
+use crate::cron::{Why, WindowState, show, window_state};
+use crate::resources::policy::{Phase, VersionRef};
+use crate::resources::schedule::{HoldReason, ScheduleStatus};
 
 use super::{Planner, duration_between};
 

@@ -4,7 +4,7 @@
 //! is what keeps the time.
 
 use super::{Planner, duration_between};
-use crate::policy::types::Phase;
+use crate::resources::policy::Phase;
 
 /// The condition the controller sets False (reason `ActionFailed`) when a plan's side effect fails.
 const SYNCED: &str = "Synced";

@@ -6,8 +6,8 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use super::*;
-use crate::gates::commands::CommandKind;
-use crate::policy::types::{Pause, Step, VirtualServiceRef};
+use crate::resources::command::CommandKind;
+use crate::resources::policy::{Pause, Step, VirtualServiceRef};
 
 mod schedule;
 mod stuck;
@@ -542,7 +542,7 @@ fn history_is_bounded_and_events_follow_transitions() {
 mod analysis {
     use super::*;
     use crate::analysis::check::Check;
-    use crate::policy::types::{
+    use crate::resources::policy::{
         Analysis, MetricCheck, MetricResult, OnProviderError, PrometheusAddress, ProviderErrorAction, Verdict,
     };
 
@@ -757,7 +757,7 @@ mod analysis {
 mod scaling {
     use super::*;
     use crate::plan::{ScaleObserved, VersionScale};
-    use crate::scale::capacity::Bounds;
+    use crate::replicas::Bounds;
 
     fn bounds(min: i32, max: i32) -> Bounds {
         Bounds {
@@ -1078,7 +1078,7 @@ mod scaling {
 mod trust {
     use super::*;
     use crate::analysis::check::Check;
-    use crate::policy::types::{Analysis, MetricResult, ProviderErrorAction, Verdict};
+    use crate::resources::policy::{Analysis, MetricResult, ProviderErrorAction, Verdict};
 
     fn analysis() -> Analysis {
         Analysis {

@@ -5,21 +5,9 @@ use std::collections::HashSet;
 
 use std::time::Duration;
 
-use super::types::{Analysis, RolloutPolicySpec};
 use crate::analysis::templates::{Template, check};
-
-/// One problem, with the path of the field that has it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for FieldError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
+pub use crate::resources::FieldError;
+use crate::resources::policy::{Analysis, RolloutPolicySpec};
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError {
@@ -127,9 +115,9 @@ pub fn validate_spec(spec: &RolloutPolicySpec) -> Vec<FieldError> {
     }
     errors.extend(validate_bounds(spec));
     if let Some(schedule) = &spec.schedule {
-        errors.extend(crate::gates::schedule::validate(schedule));
+        errors.extend(crate::cron::validate(schedule));
     }
-    errors.extend(crate::gates::webhook::validate(&spec.webhooks));
+    errors.extend(crate::policy::webhooks::validate(&spec.webhooks));
     errors
 }
 
@@ -359,7 +347,7 @@ fn validate_steps(spec: &RolloutPolicySpec) -> Vec<FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::types::{Pause, Step, VersionRef, VirtualServiceRef};
+    use crate::resources::policy::{Pause, Step, VersionRef, VirtualServiceRef};
     use std::time::Duration;
 
     fn w(weight: u8) -> Step {
@@ -462,7 +450,7 @@ mod tests {
 
     #[test]
     fn absurd_values_are_refused_naming_the_field() {
-        use crate::policy::types::{Analysis, MetricCheck, OnProviderError, PrometheusAddress};
+        use crate::resources::policy::{Analysis, MetricCheck, OnProviderError, PrometheusAddress};
         let analysis = || Analysis {
             interval: Duration::from_secs(30),
             start_after: Duration::ZERO,

@@ -11,8 +11,8 @@ use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Map, Value, json};
 
-use super::capacity::{Bounds, CapacityError};
-use crate::controller::leader::LeaderGuard;
+use crate::fence::LeaderGuard;
+use crate::replicas::{Bounds, CapacityError};
 use crate::write::{Stop, guarded_rmw};
 
 /// Same manager as canaryd's weight writes, so `managedFields` show who set the bounds.

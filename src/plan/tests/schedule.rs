@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::analysis::check::Check;
-use crate::gates::schedule::{Freeze, HoldReason, Schedule, Window};
-use crate::policy::types::{MetricResult, ProviderErrorAction, Verdict};
+use crate::resources::policy::{MetricResult, ProviderErrorAction, Verdict};
+use crate::resources::schedule::{Freeze, HoldReason, Schedule, Window};
 
 fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()

@@ -1,0 +1,3 @@
+//! Webhook calls: the runner asks the hooks the planner wants asked, off the reconcile path.
+
+pub mod runner;
