@@ -230,7 +230,7 @@ fn check_yaml_example(text: &str) -> Result<usize, String> {
             Some("RolloutPolicy" | "MetricProvider" | "NotificationTarget") => doc,
             Some("RolloutCommand") => {
                 let spec = doc.get("spec").cloned().unwrap_or_default();
-                serde_path_to_error::deserialize::<_, canaryd::gates::commands::RolloutCommandSpec>(spec)
+                serde_path_to_error::deserialize::<_, canaryd::resources::command::RolloutCommandSpec>(spec)
                     .map_err(|e| format!("RolloutCommand spec.{}: {}", e.path(), e.inner()))?;
                 checked += 1;
                 continue;
