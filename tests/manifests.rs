@@ -298,6 +298,15 @@ fn the_readme_is_short_and_links_every_doc() {
         lines < 250,
         "README.md has {lines} lines; keep it under 250 and move reference to docs/"
     );
+    let ci = std::fs::read_to_string(repo().join(".ci/run")).expect(".ci/run");
+    let command = ci
+        .lines()
+        .find_map(|l| l.strip_prefix("exec "))
+        .expect(".ci/run execs the test command");
+    assert!(
+        readme.contains(&format!("\n{command}   #")),
+        "README.md must show the test command .ci/run calls: {command}"
+    );
     for (path, _) in doc_pages().iter().skip(2) {
         let name = path.file_name().expect("file name").to_string_lossy();
         assert!(
