@@ -380,3 +380,34 @@ fn every_link_between_the_docs_resolves() {
     }
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
+
+/// Every repository path the README and docs/ name (`src/…`, `tests/…`, `deploy/…`, …) exists, so the
+/// docs follow the code when files move. CHANGELOG.md is history and keeps the paths of its time.
+#[test]
+fn every_path_the_docs_name_exists() {
+    const ROOTS: [&str; 6] = ["src/", "tests/", "examples/", "scripts/", "deploy/", "policies/"];
+    let mut missing = Vec::new();
+    for (path, text) in doc_pages().into_iter().filter(|(p, _)| !p.ends_with("CHANGELOG.md")) {
+        for root in ROOTS {
+            for (at, _) in text.match_indices(root) {
+                let before = text[..at].chars().next_back().unwrap_or(' ');
+                if before.is_alphanumeric() || "/.-_~".contains(before) {
+                    continue;
+                }
+                let named: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || "_./-".contains(*c))
+                    .collect();
+                let named = named.trim_end_matches('.');
+                if !repo().join(named).exists() {
+                    missing.push(format!("{}: {named}", path.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "paths the docs name that do not exist:\n{}",
+        missing.join("\n")
+    );
+}
