@@ -16,6 +16,7 @@ use crate::mesh::routes::{managed_routes, route_weights, routes_sending_to};
 use crate::plan::{DeploymentState, Observed, Problem, ScaleObserved, VersionScale, declared_stable};
 use crate::resources::command;
 use crate::resources::policy::RolloutPolicy;
+use crate::resources::reason::Reason;
 use crate::scale::hpa;
 
 pub fn deployment_state(d: &Deployment) -> DeploymentState {
@@ -220,7 +221,7 @@ pub fn observe(
             }
         };
         problems.push(Problem {
-            reason: "InvalidSpec".into(),
+            reason: Reason::InvalidSpec,
             message,
         });
     }
@@ -331,11 +332,11 @@ fn scale_observed(
             .collect();
         match (named(&name), found.len()) {
             (Some(n), 0) => problems.push(Problem {
-                reason: "HpaNotFound".into(),
+                reason: Reason::HpaNotFound,
                 message: format!("HorizontalPodAutoscaler {ns}/{n} named in spec.scaling not found"),
             }),
             (None, 2..) => problems.push(Problem {
-                reason: "AmbiguousHpa".into(),
+                reason: Reason::AmbiguousHpa,
                 message: format!(
                     "HorizontalPodAutoscalers {} all scale Deployment {name}; name one in spec.scaling",
                     found.iter().map(|h| h.name_any()).collect::<Vec<_>>().join(", ")

@@ -14,11 +14,12 @@ use crate::cache::Caches;
 use crate::plan::Problem;
 use crate::resources::policy::RolloutPolicy;
 use crate::resources::provider::MetricProvider;
+use crate::resources::reason::Reason;
 use crate::resources::selector::{self, Access, WEBHOOK_NAMESPACES_ANNOTATION};
 
-pub const PROVIDER_NOT_ALLOWED: &str = "ProviderNotAllowed";
-pub const TARGET_NOT_ALLOWED: &str = "TargetNotAllowed";
-pub const TOKEN_NOT_ALLOWED: &str = "WebhookTokenNotAllowed";
+pub const PROVIDER_NOT_ALLOWED: Reason = Reason::ProviderNotAllowed;
+pub const TARGET_NOT_ALLOWED: Reason = Reason::TargetNotAllowed;
+pub const TOKEN_NOT_ALLOWED: Reason = Reason::WebhookTokenNotAllowed;
 
 /// May namespace `ns` use `provider`?
 pub fn provider_access(caches: &Caches, provider: &MetricProvider, ns: &str) -> Access {
@@ -63,10 +64,10 @@ pub fn problems(caches: &Caches, policy: &RolloutPolicy, tokens: &Tokens, secret
     let ns = policy.namespace().unwrap_or_default();
     let labels = caches.namespace_labels(&ns);
     let mut out = Vec::new();
-    let mut refuse = |reason: &str, field: String, access: Access, subject: String| {
+    let mut refuse = |reason: Reason, field: String, access: Access, subject: String| {
         if let Some(why) = access.refusal(&subject, &ns) {
             out.push(Problem {
-                reason: reason.into(),
+                reason,
                 message: format!("{field}: {why}"),
             });
         }

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::routes::{check_route, managed_routes, resolve_host};
 use crate::plan::Problem;
 use crate::resources::policy::{RolloutPolicySpec, VersionRef};
+use crate::resources::reason::Reason;
 
 /// One VirtualService named by the policy, as read (None: not found).
 pub struct VsSnapshot {
@@ -37,11 +38,8 @@ pub struct Snapshot<'a> {
 /// The managed routes of each VirtualService (same order as the snapshot), when preflight passes.
 pub type ManagedRoutes = Vec<Vec<usize>>;
 
-fn problem(reason: &str, message: String) -> Problem {
-    Problem {
-        reason: reason.into(),
-        message,
-    }
+fn problem(reason: Reason, message: String) -> Problem {
+    Problem { reason, message }
 }
 
 fn template_labels(d: &Deployment) -> BTreeMap<String, String> {
@@ -68,7 +66,7 @@ pub fn check(spec: &RolloutPolicySpec, snap: &Snapshot<'_>) -> Result<ManagedRou
     let selector = match snap.service {
         None => {
             problems.push(problem(
-                "ServiceNotFound",
+                Reason::ServiceNotFound,
                 format!("Service {ns}/{} not found (spec.service)", spec.service),
             ));
             None
@@ -84,7 +82,7 @@ pub fn check(spec: &RolloutPolicySpec, snap: &Snapshot<'_>) -> Result<ManagedRou
         let Some(version) = version else { continue };
         match deployment {
             None => problems.push(problem(
-                "DeploymentNotFound",
+                Reason::DeploymentNotFound,
                 format!(
                     "{role} Deployment {ns}/{} not found (spec.{role}.deployment)",
                     version.deployment
@@ -94,8 +92,7 @@ pub fn check(spec: &RolloutPolicySpec, snap: &Snapshot<'_>) -> Result<ManagedRou
                 if let Some(selector) = &selector {
                     let missing = missing_labels(selector, &template_labels(d));
                     if !missing.is_empty() {
-                        problems.push(problem(
-                            "ServiceSelectsNoPods",
+                        problems.push(problem(Reason::ServiceSelectsNoPods,
                             format!(
                                 "Service {ns}/{} does not select the pods of {role} Deployment {}: its pod template lacks {}",
                                 spec.service,
@@ -112,7 +109,7 @@ pub fn check(spec: &RolloutPolicySpec, snap: &Snapshot<'_>) -> Result<ManagedRou
     let misplaced = misplaced_destination_rules(snap, &fqdn);
     match snap.destination_rule {
         None if !misplaced.is_empty() => problems.push(problem(
-            "DestinationRuleInWrongNamespace",
+            Reason::DestinationRuleInWrongNamespace,
             format!(
                 "DestinationRule {} is in namespace {} but must be in the Service's namespace {ns} \
                  (Istio ignores it there and requests to the subsets fail with 503); move it to {ns}",
@@ -121,7 +118,7 @@ pub fn check(spec: &RolloutPolicySpec, snap: &Snapshot<'_>) -> Result<ManagedRou
             ),
         )),
         None => problems.push(problem(
-            "DestinationRuleNotFound",
+            Reason::DestinationRuleNotFound,
             format!(
                 "DestinationRule {ns}/{} not found (spec.destinationRule)",
                 spec.destination_rule
@@ -135,7 +132,7 @@ pub fn check(spec: &RolloutPolicySpec, snap: &Snapshot<'_>) -> Result<ManagedRou
         let id = format!("{}/{}", vs.namespace, vs.name);
         let Some(object) = &vs.object else {
             problems.push(problem(
-                "VirtualServiceNotFound",
+                Reason::VirtualServiceNotFound,
                 format!("VirtualService {id} not found (spec.virtualServices)"),
             ));
             managed.push(Vec::new());
@@ -187,8 +184,7 @@ fn check_destination_rule(spec: &RolloutPolicySpec, snap: &Snapshot<'_>, dr: &Va
     let host = dr.pointer("/spec/host").and_then(Value::as_str).unwrap_or("");
     let resolved = resolve_host(host, ns);
     if resolved != fqdn {
-        problems.push(problem(
-            "DestinationRuleHostMismatch",
+        problems.push(problem(Reason::DestinationRuleHostMismatch,
             format!("DestinationRule {id} host {host:?} resolves to {resolved}, not the Service {fqdn}; write `host: {fqdn}`"),
         ));
     }
@@ -212,7 +208,7 @@ fn check_destination_rule(spec: &RolloutPolicySpec, snap: &Snapshot<'_>, dr: &Va
                 .filter_map(|s| s.get("name").and_then(Value::as_str))
                 .collect();
             problems.push(problem(
-                "SubsetNotFound",
+                Reason::SubsetNotFound,
                 format!(
                     "DestinationRule {id} has no subset {:?} for the {role} (it has: {})",
                     version.subset,
@@ -233,7 +229,7 @@ fn check_destination_rule(spec: &RolloutPolicySpec, snap: &Snapshot<'_>, dr: &Va
             let missing = missing_labels(&labels, &template_labels(d));
             if !missing.is_empty() {
                 problems.push(problem(
-                    "SubsetSelectsNoPods",
+                    Reason::SubsetSelectsNoPods,
                     format!(
                         "DestinationRule {id} subset {:?} selects {} but the pods of {role} Deployment {} lack {}",
                         version.subset,
@@ -311,7 +307,7 @@ mod tests {
         let problems = check(&spec, &snap).unwrap_err();
         problems
             .into_iter()
-            .find(|p| p.reason.starts_with("DestinationRule"))
+            .find(|p| p.reason.as_str().starts_with("DestinationRule"))
             .unwrap()
     }
 

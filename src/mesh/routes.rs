@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::plan::Problem;
+use crate::resources::reason::Reason;
 
 /// How Istio resolves a destination host written in a VirtualService of `namespace`: a name without
 /// a dot is short for `<name>.<namespace>.svc.cluster.local`; anything with a dot is taken as is.
@@ -17,11 +18,8 @@ pub fn resolve_host(host: &str, namespace: &str) -> String {
     }
 }
 
-fn problem(reason: &str, message: String) -> Problem {
-    Problem {
-        reason: reason.into(),
-        message,
-    }
+fn problem(reason: Reason, message: String) -> Problem {
+    Problem { reason, message }
 }
 
 fn http_routes(vs: &Value) -> &[Value] {
@@ -88,8 +86,7 @@ pub fn managed_routes(
             let resolved = resolve_host(host, vs_namespace);
             let looks_like_service = host == service_name || host.split('.').next() == Some(service_name);
             (resolved != service_fqdn && looks_like_service).then(|| {
-                problem(
-                    "HostResolvesElsewhere",
+                problem(Reason::HostResolvesElsewhere,
                     format!(
                         "VirtualService {vs_id} {}: host {host:?} resolves to {resolved}, not the Service {service_fqdn}; \
                          write the FQDN `host: {service_fqdn}`",
@@ -109,8 +106,7 @@ pub fn managed_routes(
                 match found {
                     Some(i) if sends_to_service(&routes[i]) => out.push(i),
                     Some(i) => problems.push(trap(&routes[i], i).unwrap_or_else(|| {
-                        problem(
-                            "RouteNotToService",
+                        problem(Reason::RouteNotToService,
                             format!(
                                 "VirtualService {vs_id} route {name:?} has no destination for the Service {service_fqdn}"
                             ),
@@ -119,8 +115,7 @@ pub fn managed_routes(
                     None => {
                         let known: Vec<String> =
                             routes.iter().enumerate().map(|(i, r)| route_label(r, i)).collect();
-                        problems.push(problem(
-                            "RouteNotFound",
+                        problems.push(problem(Reason::RouteNotFound,
                             format!(
                                 "VirtualService {vs_id} has no http route named {name:?} (it has: {})",
                                 if known.is_empty() { "none".to_string() } else { known.join(", ") }
@@ -140,8 +135,7 @@ pub fn managed_routes(
                     .filter(|&i| !has_match(&routes[i]))
                     .find_map(|i| trap(&routes[i], i));
                 problems.push(hint.unwrap_or_else(|| {
-                    problem(
-                        "NoManagedRoute",
+                    problem(Reason::NoManagedRoute,
                         format!(
                             "VirtualService {vs_id} has no http route without a match that sends traffic to {service_fqdn}; \
                              add one or name the routes in spec.virtualServices[].routes"
@@ -207,7 +201,7 @@ pub fn check_route(
         .sum();
     if others > 0 {
         return Some(problem(
-            "ForeignDestination",
+            Reason::ForeignDestination,
             format!(
                 "VirtualService {vs_id} {label} sends {others}% to hosts other than {service_fqdn}; \
                  canaryd only manages routes whose weighted traffic all goes to the Service"
@@ -216,7 +210,7 @@ pub fn check_route(
     }
     if !route_weights(route, vs_namespace, service_fqdn).contains_key(stable) {
         return Some(problem(
-            "StableDestinationMissing",
+            Reason::StableDestinationMissing,
             format!("VirtualService {vs_id} {label} has no destination for the stable subset {stable:?}"),
         ));
     }

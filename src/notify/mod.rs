@@ -31,6 +31,7 @@ use crate::fence::LeaderGuard;
 use crate::resources::policy::{
     Notification, NotificationStatus, Phase, RolloutPolicy, RolloutPolicySpec, SecretKeyRef, Transition,
 };
+use crate::resources::reason::Reason;
 use crate::resources::target::NotificationTarget;
 use message::Message;
 
@@ -44,45 +45,9 @@ const BACKOFF_CAP: Duration = Duration::from_secs(60);
 const CONCURRENCY: usize = 16;
 const ANSWER_LIMIT: usize = 64 * 1024;
 
-/// Status reasons a transition can have (besides the phase names, which `events` also accepts).
-pub const REASONS: &[&str] = &[
-    "RolloutStarted",
-    "CanaryChanged",
-    "WeightChanged",
-    "WaitingForCanary",
-    "WaitingForAnalysis",
-    "StableNotReady",
-    "Pausing",
-    "Paused",
-    "WaitingForApproval",
-    "Promoted",
-    "CanaryRemoved",
-    "NoCanary",
-    "AnalysisFailed",
-    "ProviderErrors",
-    "Inconclusive",
-    "CanaryUnavailable",
-    "ProgressDeadlineExceeded",
-    "CapacityUnavailable",
-    "Aborted",
-    "InvalidSpec",
-    "CanaryDeploymentNotFound",
-    "ServiceNotFound",
-    "ServiceSelectsNoPods",
-    "DeploymentNotFound",
-    "DestinationRuleNotFound",
-    "DestinationRuleInWrongNamespace",
-    "DestinationRuleHostMismatch",
-    "SubsetNotFound",
-    "SubsetSelectsNoPods",
-    "VirtualServiceNotFound",
-    "HpaNotFound",
-    "AmbiguousHpa",
-];
-
 /// An event name `spec.notifications[].events` accepts: a phase or a transition reason.
 pub fn known_event(name: &str) -> bool {
-    Phase::ALL.iter().any(|p| p.as_str() == name) || REASONS.contains(&name)
+    Phase::ALL.iter().any(|p| p.as_str() == name) || Reason::from_name(name).is_some()
 }
 
 /// What can be checked without a cluster: event names, and each target named once.
@@ -750,6 +715,34 @@ mod tests {
         assert!(errors[0].starts_with("spec.notifications[0].events[2]: unknown event \"RolledBak\""));
         spec.notifications.push(spec.notifications[0].clone());
         assert!(validate_notifications(&spec).iter().any(|e| e.contains("named twice")));
+    }
+
+    /// `events: [Frozen]` (and every other reason, and every phase) is accepted: the filter's list
+    /// is the planner's enum, not a copy that can miss some.
+    #[test]
+    fn every_reason_and_phase_is_an_accepted_event() {
+        let names = Reason::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .chain(Phase::ALL.iter().map(|p| p.as_str()));
+        for name in names {
+            let spec: RolloutPolicySpec = serde_json::from_value(json!({
+                "service": "a", "virtualServices": [{"name": "a"}], "destinationRule": "a",
+                "stable": {"subset": "v1", "deployment": "a"}, "steps": [{"weight": 100}],
+                "notifications": [{"target": "slack", "events": [name]}],
+            }))
+            .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(validate_notifications(&spec), Vec::<String>::new(), "{name}");
+        }
+        for name in [
+            "Frozen",
+            "OutsideWindow",
+            "WaitingForWebhook",
+            "WebhookFailed",
+            "WebhookRollback",
+        ] {
+            assert!(known_event(name), "{name}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The analysis side of the planner: fold checks into counters, roll back, hold or pause on them,
 //! and gate weight increases on a passing check.
 
+use crate::resources::reason::Reason;
 use std::time::Duration;
 
 use super::Planner;
@@ -56,7 +57,7 @@ impl Planner<'_> {
         if a.failures >= spec.failure_limit {
             self.halt(
                 Phase::RolledBack,
-                "AnalysisFailed",
+                Reason::AnalysisFailed,
                 format!(
                     "{} ({} failed check(s) in a row, failureLimit {})",
                     detail(Verdict::Fail),
@@ -74,13 +75,13 @@ impl Planner<'_> {
                 detail(Verdict::Error)
             );
             if spec.on_provider_error.action == ProviderErrorAction::Rollback {
-                self.halt(Phase::RolledBack, "ProviderErrors", message);
+                self.halt(Phase::RolledBack, Reason::ProviderErrors, message);
             } else {
                 self.ensure_current_weights(stable, canary);
                 self.st.pending_approval = None;
                 self.transition(
                     Phase::Paused,
-                    "ProviderErrors",
+                    Reason::ProviderErrors,
                     format!("{message}; holding until checks answer"),
                 );
             }
@@ -92,7 +93,7 @@ impl Planner<'_> {
             self.ensure_current_weights(stable, canary);
             self.transition(
                 Phase::Paused,
-                "Inconclusive",
+                Reason::Inconclusive,
                 format!(
                     "{} inconclusive checks in a row (inconclusiveLimit {}): {}; `canaryd resume` to go on",
                     a.inconclusive,
@@ -125,7 +126,7 @@ impl Planner<'_> {
         self.st.pending_approval = None;
         self.transition(
             Phase::Progressing,
-            "WaitingForAnalysis",
+            Reason::WaitingForAnalysis,
             format!(
                 "canary {} at {}%: waiting for a passing analysis check before {next}% ({why})",
                 canary.subset, self.st.canary_weight

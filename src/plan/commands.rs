@@ -4,6 +4,7 @@
 use super::{EventType, Planner};
 use crate::resources::command::CommandKind;
 use crate::resources::policy::{CanaryStatus, Phase, VersionRef};
+use crate::resources::reason::Reason;
 
 impl Planner<'_> {
     /// Act on a new command; returns a promotion to carry out in the step walk, `(full, by)`. While
@@ -23,7 +24,7 @@ impl Planner<'_> {
             match cmd.kind {
                 CommandKind::Abort => {
                     if self.halted().is_none() {
-                        self.halt(Phase::Aborted, "Aborted", format!("rollout aborted{by}"));
+                        self.halt(Phase::Aborted, Reason::Aborted, format!("rollout aborted{by}"));
                     }
                 }
                 CommandKind::Promote | CommandKind::PromoteFull if held.is_some() => {

@@ -1,6 +1,7 @@
 //! Declared versions only: traffic goes to the versions the spec names. When the spec no longer names
 //! the recorded stable, the declared stable takes over (or traffic holds where it is, with a reason).
 
+use crate::resources::reason::Reason;
 use std::time::Duration;
 
 use super::{Action, EventType, INVALID_POLL, Planner, READY_POLL, summary};
@@ -28,11 +29,11 @@ impl Planner<'_> {
         let problems = self.spec_and_preflight_problems();
         if !on_declared && !problems.is_empty() {
             let (reason, message) = summary(&problems);
-            return self.hold_undeclared(recorded, declared, &reason, message, INVALID_POLL);
+            return self.hold_undeclared(recorded, declared, reason, message, INVALID_POLL);
         }
         if !on_declared && !self.stable_serves() {
             let why = format!("stable Deployment {} has no Ready pods", declared.deployment);
-            return self.hold_undeclared(recorded, declared, "StableNotReady", why, READY_POLL);
+            return self.hold_undeclared(recorded, declared, Reason::StableNotReady, why, READY_POLL);
         }
         let adopted =
             self.st.canary.as_ref().is_some_and(|c| {
@@ -68,7 +69,7 @@ impl Planner<'_> {
         );
         self.set_condition("Ready", true, "PreflightPassed", "all preflight checks pass");
         self.set_condition("Progressing", false, "StableChanged", &message);
-        self.transition(Phase::Healthy, "StableChanged", message);
+        self.transition(Phase::Healthy, Reason::StableChanged, message);
         self.requeue = Some(Duration::ZERO);
     }
 
@@ -103,7 +104,7 @@ impl Planner<'_> {
         &mut self,
         recorded: &VersionRef,
         declared: &VersionRef,
-        reason: &str,
+        reason: Reason,
         why: String,
         poll: Duration,
     ) {
@@ -112,7 +113,7 @@ impl Planner<'_> {
              until {} can take it",
             declared.subset, recorded.subset, declared.subset
         );
-        self.set_condition("Ready", false, reason, &message);
+        self.set_condition("Ready", false, reason.as_str(), &message);
         let phase = self.st.phase;
         self.transition(phase, reason, message);
         self.requeue = Some(poll);

@@ -1,6 +1,7 @@
 //! Declared versions only: every phase × every kind of change of `spec.stable`/`spec.canary`. Each
 //! weight write may only give traffic to a version the spec names and that serves.
 
+use crate::resources::reason::Reason;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -210,7 +211,7 @@ fn at(phase: &str) -> Sim {
         "Paused" => return s,
         "Invalid" => {
             s.problems = vec![Problem {
-                reason: "SubsetNotFound".into(),
+                reason: Reason::SubsetNotFound,
                 message: "DestinationRule app has no subset".into(),
             }];
             s.settle();

@@ -3,13 +3,14 @@
 
 use super::Planner;
 use crate::resources::policy::{Phase, RolloutPolicyStatus, VersionRef};
+use crate::resources::reason::Reason;
 use crate::resources::webhook::{
     Credential, GateStatus, HookAnswer, HookCall, HookType, Payload, PayloadVersion, Webhook,
 };
 
-pub(super) const WAITING_FOR_WEBHOOK: &str = "WaitingForWebhook";
-pub(super) const WEBHOOK_ROLLBACK: &str = "WebhookRollback";
-pub(super) const WEBHOOK_FAILED: &str = "WebhookFailed";
+pub(super) const WAITING_FOR_WEBHOOK: Reason = Reason::WaitingForWebhook;
+pub(super) const WEBHOOK_ROLLBACK: Reason = Reason::WebhookRollback;
+pub(super) const WEBHOOK_FAILED: Reason = Reason::WebhookFailed;
 
 /// A hook the planner wants asked: the hook, the binding its answer must have, whether to repeat.
 pub(super) type Wanted = (Webhook, String, bool);

@@ -5,6 +5,7 @@ use super::analysis::analysis;
 use super::*;
 use crate::analysis::check::Check;
 use crate::resources::policy::{MetricResult, ProviderErrorAction, Verdict};
+use crate::resources::reason::Reason;
 use crate::resources::webhook::{HookAnswer, HookType, Webhook};
 
 fn hook(name: &str, type_: HookType, retries: u32) -> Webhook {
@@ -323,7 +324,7 @@ fn an_invalid_policy_calls_no_hook_neither_wanted_nor_fired() {
     assert_eq!(wanted(&p), vec![("stop".to_string(), true)]);
     // Mid-rollout, the namespace loses its provider: Invalid, holding, and no hook of any type.
     sim.obs.problems.push(Problem {
-        reason: "ProviderNotAllowed".into(),
+        reason: Reason::ProviderNotAllowed,
         message: "spec.analysis.provider: MetricProvider \"prom\" does not select namespace \"b\"".into(),
     });
     let p = sim.step();

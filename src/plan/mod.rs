@@ -1,6 +1,7 @@
 //! The rollout decision: a pure function of (spec, status, observations, now) with no client and no
 //! clock. It returns the next status and the few side effects the controller must carry out first.
 
+use crate::resources::reason::Reason;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ pub const INVALID_POLL: Duration = Duration::from_secs(10);
 /// says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -266,7 +267,7 @@ enum Flow {
 }
 
 /// Reasons whose Events are Warnings whatever the phase.
-const WARNING_REASONS: [&str; 2] = ["StableNotReady", "CanaryUnavailable"];
+const WARNING_REASONS: [Reason; 2] = [Reason::StableNotReady, Reason::CanaryUnavailable];
 
 impl Planner<'_> {
     fn run(&mut self) {
@@ -317,7 +318,7 @@ impl Planner<'_> {
         if !restarted && self.canary_has_traffic() && !dep.serves() {
             return self.halt(
                 Phase::RolledBack,
-                "CanaryUnavailable",
+                Reason::CanaryUnavailable,
                 format!(
                     "canary Deployment {} has no Ready pods while it has {}% of the traffic",
                     desired.deployment,
@@ -348,7 +349,7 @@ impl Planner<'_> {
         {
             // Preflight names a missing Deployment; this guards against an incomplete observation.
             canary.push(Problem {
-                reason: "CanaryDeploymentNotFound".into(),
+                reason: Reason::CanaryDeploymentNotFound,
                 message: format!("canary Deployment {} not found", d.deployment),
             });
         }
@@ -360,7 +361,7 @@ impl Planner<'_> {
         let mut problems: Vec<Problem> = validate_spec(self.spec)
             .into_iter()
             .map(|e| Problem {
-                reason: "InvalidSpec".into(),
+                reason: Reason::InvalidSpec,
                 message: e.to_string(),
             })
             .collect();
@@ -395,7 +396,7 @@ impl Planner<'_> {
     ) {
         let all = [canary_problems, problems].concat();
         let (reason, message) = summary(&all);
-        self.set_condition("Ready", false, &reason, &message);
+        self.set_condition("Ready", false, reason.as_str(), &message);
         if let Some(dep) = self.obs.canary.clone() {
             let identity = identity(canary, &dep);
             if !self.is_current(&identity) {
@@ -420,7 +421,7 @@ impl Planner<'_> {
             let (_, why) = summary(canary_problems);
             return self.halt(
                 Phase::RolledBack,
-                "CanaryUnavailable",
+                Reason::CanaryUnavailable,
                 format!("canary {} cannot serve: {why}", canary.subset),
             );
         }
@@ -444,7 +445,7 @@ impl Planner<'_> {
         if stuck >= self.spec.progress_deadline {
             return self.halt(
                 Phase::RolledBack,
-                "ProgressDeadlineExceeded",
+                Reason::ProgressDeadlineExceeded,
                 format!(
                     "rollout held by a problem for {} (progressDeadline {}): {message}",
                     humantime::format_duration(stuck),
@@ -455,7 +456,7 @@ impl Planner<'_> {
         self.st.pending_approval = None;
         self.transition(
             Phase::Invalid,
-            &reason,
+            reason,
             format!(
                 "{message}; holding canary {} at {}%",
                 canary.subset, self.st.canary_weight
@@ -472,7 +473,7 @@ impl Planner<'_> {
         if self.st.history.last().is_none_or(|t| t.reason != "Inconclusive") {
             self.transition(
                 Phase::Paused,
-                "Paused",
+                Reason::Paused,
                 "paused by command; `canaryd resume` to go on".into(),
             );
         }
@@ -489,7 +490,7 @@ impl Planner<'_> {
             self.requeue = Some(READY_POLL);
             return self.transition(
                 Phase::RollingBack,
-                "StableNotReady",
+                Reason::StableNotReady,
                 format!(
                     "{halted} recorded, but stable Deployment {} has no Ready pods: canary {} keeps its traffic \
                          until stable has Ready pods (sending traffic to zero pods is a certain outage)",
@@ -529,7 +530,7 @@ impl Planner<'_> {
                 replicas: 0,
             });
         }
-        self.transition(
+        self.record(
             halted,
             &reason,
             format!("{cause}; all traffic on stable {}", stable.subset),
@@ -621,7 +622,7 @@ impl Planner<'_> {
         let (has_capacity, required) = match self.ensure_capacity(weight) {
             Ok(c) => c,
             Err(message) => {
-                self.halt(Phase::RolledBack, "CapacityUnavailable", message);
+                self.halt(Phase::RolledBack, Reason::CapacityUnavailable, message);
                 return Flow::Stop;
             }
         };
@@ -651,7 +652,7 @@ impl Planner<'_> {
         };
         self.transition(
             Phase::Progressing,
-            "WeightChanged",
+            Reason::WeightChanged,
             format!("{which}: canary {} at {weight}%", canary.subset),
         );
         // One weight change per reconcile: look again at once to go on.
@@ -666,7 +667,7 @@ impl Planner<'_> {
         if waited >= self.spec.progress_deadline {
             return self.halt(
                 Phase::RolledBack,
-                "ProgressDeadlineExceeded",
+                Reason::ProgressDeadlineExceeded,
                 format!(
                     "canary Deployment {} not Ready with {required} replicas after {} (progressDeadline {})",
                     canary.deployment,
@@ -678,7 +679,7 @@ impl Planner<'_> {
         self.st.pending_approval = None;
         self.transition(
             Phase::Progressing,
-            "WaitingForCanary",
+            Reason::WaitingForCanary,
             format!(
                 "waiting for canary Deployment {} to have {required} Ready replicas ({} ready) before weight {weight}",
                 canary.deployment, dep.ready_replicas
@@ -692,7 +693,7 @@ impl Planner<'_> {
         self.st.pending_approval = None;
         self.transition(
             Phase::Progressing,
-            "StableNotReady",
+            Reason::StableNotReady,
             format!(
                 "stable Deployment {} has no Ready pods: holding before canary {} at {weight}% (stable {} at {}%) \
                  until it has",
@@ -733,7 +734,7 @@ impl Planner<'_> {
                 self.st.pending_approval = None;
                 self.transition(
                     Phase::Paused,
-                    "Pausing",
+                    Reason::Pausing,
                     format!(
                         "step {}: holding canary {} at {}% for {}",
                         index + 1,
@@ -753,7 +754,7 @@ impl Planner<'_> {
                 ));
                 self.transition(
                     Phase::WaitingForApproval,
-                    "WaitingForApproval",
+                    Reason::WaitingForApproval,
                     format!(
                         "step {}: canary {} at {}% waits for approval",
                         index + 1,
@@ -782,9 +783,9 @@ impl Planner<'_> {
                         canary_weight: 0,
                     });
                 }
-                "CanaryChanged"
+                Reason::CanaryChanged
             }
-            _ => "RolloutStarted",
+            _ => Reason::RolloutStarted,
         };
         let message = match &previous {
             Some(prev) if prev.halted.is_none() => format!(
@@ -807,7 +808,7 @@ impl Planner<'_> {
         self.st.promote_full = false;
         self.st.pending_approval = None;
         self.transition(Phase::Progressing, reason, message);
-        self.set_condition("Progressing", true, reason, "rollout in progress");
+        self.set_condition("Progressing", true, reason.as_str(), "rollout in progress");
     }
 
     fn succeed(&mut self, canary: &VersionRef) {
@@ -827,7 +828,7 @@ impl Planner<'_> {
         let from = previous.map(|p| p.subset).unwrap_or_default();
         self.transition(
             Phase::Succeeded,
-            "Promoted",
+            Reason::Promoted,
             format!("{} promoted: it is the new stable (was {from})", canary.subset),
         );
         self.set_condition("Progressing", false, "Promoted", "rollout finished");
@@ -842,7 +843,7 @@ impl Planner<'_> {
                     self.requeue = Some(READY_POLL);
                     return self.transition(
                         Phase::Progressing,
-                        "StableNotReady",
+                        Reason::StableNotReady,
                         format!(
                             "spec.canary no longer names {} but stable Deployment {} has no Ready pods: {} keeps its \
                              traffic until stable has Ready pods",
@@ -861,7 +862,7 @@ impl Planner<'_> {
             self.st.promote_full = false;
             self.transition(
                 Phase::Healthy,
-                "CanaryRemoved",
+                Reason::CanaryRemoved,
                 format!(
                     "spec.canary no longer names {}; all traffic on stable {}",
                     old.subset, stable.subset
@@ -888,7 +889,7 @@ impl Planner<'_> {
         if self.st.phase != Phase::Succeeded {
             self.transition(
                 Phase::Healthy,
-                "NoCanary",
+                Reason::NoCanary,
                 format!("stable {} holds the traffic", stable.subset),
             );
         }
@@ -896,8 +897,8 @@ impl Planner<'_> {
 
     fn invalid(&mut self, problems: &[Problem]) {
         let (reason, message) = summary(problems);
-        self.set_condition("Ready", false, &reason, &message);
-        self.transition(Phase::Invalid, &reason, message);
+        self.set_condition("Ready", false, reason.as_str(), &message);
+        self.transition(Phase::Invalid, reason, message);
         // Objects that preflight reads are not all watched: look again soon.
         self.requeue = Some(INVALID_POLL);
     }
@@ -905,13 +906,13 @@ impl Planner<'_> {
     /// Record a rollback or abort: phase `RollingBack`, the canary halted, the cause in the Progressing
     /// condition. No traffic moves in this reconcile: the next one, starting from this record, sends
     /// all traffic to stable and sets the final phase, so a crash in between never undoes the verdict.
-    fn halt(&mut self, phase: Phase, reason: &str, cause: String) {
+    fn halt(&mut self, phase: Phase, reason: Reason, cause: String) {
         if let Some(c) = self.st.canary.as_mut() {
             c.halted = Some(phase);
         }
         self.halted_now = true;
         self.clear_progressing();
-        self.set_condition("Progressing", false, reason, &cause);
+        self.set_condition("Progressing", false, reason.as_str(), &cause);
         let stable = self.st.stable.as_ref().map(|s| s.subset.clone()).unwrap_or_default();
         self.transition(
             Phase::RollingBack,
@@ -1026,7 +1027,12 @@ impl Planner<'_> {
     }
 
     /// Record a phase change (or a new reason) in history, message and an Event; a repeat is silent.
-    fn transition(&mut self, phase: Phase, reason: &str, message: String) {
+    fn transition(&mut self, phase: Phase, reason: Reason, message: String) {
+        self.record(phase, reason.as_str(), message);
+    }
+
+    /// [`Self::transition`] with a reason read back from status (a recorded rollback's).
+    fn record(&mut self, phase: Phase, reason: &str, message: String) {
         let first = self.st.history.is_empty();
         let last = self.st.history.last();
         let repeat = self.st.phase == phase
@@ -1048,7 +1054,7 @@ impl Planner<'_> {
         self.st.history.drain(..excess);
         let type_ = match phase {
             Phase::RolledBack | Phase::Aborted | Phase::Invalid | Phase::RollingBack => EventType::Warning,
-            _ if WARNING_REASONS.contains(&reason) => EventType::Warning,
+            _ if WARNING_REASONS.iter().any(|r| r.as_str() == reason) => EventType::Warning,
             _ => EventType::Normal,
         };
         // A policy first seen at rest changed nothing: status and history say so. An Event for it
@@ -1106,12 +1112,12 @@ fn identity(canary: &VersionRef, dep: &DeploymentState) -> CanaryStatus {
 }
 
 /// The first problem's reason and every problem's message.
-fn summary(problems: &[Problem]) -> (String, String) {
+fn summary(problems: &[Problem]) -> (Reason, String) {
     let message = problems
         .iter()
         .map(|p| p.message.as_str())
         .collect::<Vec<_>>()
         .join("; ");
-    let reason = problems.first().map(|p| p.reason.clone()).unwrap_or_default();
+    let reason = problems.first().map_or(Reason::InvalidSpec, |p| p.reason);
     (reason, message)
 }

@@ -59,7 +59,7 @@ impl Planner<'_> {
             frozen_until,
             freeze_reason,
         });
-        self.transition(Phase::Progressing, hold.as_str(), message);
+        self.transition(Phase::Progressing, hold.reason(), message);
         // Look again when it opens (the controller bounds this by its resync).
         self.requeue = next_open.map(|z| duration_between(self.now, z.timestamp()));
         true

@@ -5,6 +5,7 @@
 
 use super::{Planner, duration_between};
 use crate::resources::policy::Phase;
+use crate::resources::reason::Reason;
 
 /// The condition the controller sets False (reason `ActionFailed`) when a plan's side effect fails.
 const SYNCED: &str = "Synced";
@@ -36,7 +37,7 @@ impl Planner<'_> {
             humantime::format_duration(self.spec.progress_deadline),
             synced.message
         );
-        self.halt(Phase::RolledBack, "ProgressDeadlineExceeded", message);
+        self.halt(Phase::RolledBack, Reason::ProgressDeadlineExceeded, message);
         true
     }
 }

@@ -1,5 +1,6 @@
 //! Table tests of the planner: no client, no clock; time is an input.
 
+use crate::resources::reason::Reason;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -465,7 +466,7 @@ fn a_policy_first_seen_at_rest_is_recorded_without_an_event_and_later_transition
 fn preflight_problem_changes_nothing() {
     let mut sim = Sim::new();
     sim.obs.problems = vec![Problem {
-        reason: "DestinationRuleInWrongNamespace".into(),
+        reason: Reason::DestinationRuleInWrongNamespace,
         message: "move it".into(),
     }];
     let p = sim.settle();
@@ -1006,7 +1007,7 @@ mod scaling {
         sim.obs.canary = None;
         sim.obs.scaling.canary = None;
         sim.obs.canary_problems = vec![Problem {
-            reason: "DeploymentNotFound".into(),
+            reason: Reason::DeploymentNotFound,
             message: "canary Deployment app-v2 not found".into(),
         }];
         let mut actions = Vec::new();
@@ -1105,9 +1106,9 @@ mod trust {
         });
     }
 
-    fn problem(reason: &str) -> Problem {
+    fn problem(reason: Reason) -> Problem {
         Problem {
-            reason: reason.into(),
+            reason,
             message: format!("{reason} message"),
         }
     }
@@ -1183,7 +1184,7 @@ mod trust {
             },
             Case {
                 name: "canary subset deleted",
-                cause: |sim| sim.obs.canary_problems = vec![problem("SubsetNotFound")],
+                cause: |sim| sim.obs.canary_problems = vec![problem(Reason::SubsetNotFound)],
                 phase: Phase::RolledBack,
                 reason: "CanaryUnavailable",
             },
@@ -1191,7 +1192,7 @@ mod trust {
                 name: "canary Deployment deleted",
                 cause: |sim| {
                     sim.obs.canary = None;
-                    sim.obs.canary_problems = vec![problem("DeploymentNotFound")];
+                    sim.obs.canary_problems = vec![problem(Reason::DeploymentNotFound)];
                 },
                 phase: Phase::RolledBack,
                 reason: "CanaryUnavailable",
@@ -1274,7 +1275,7 @@ mod trust {
         let p = sim.step();
         assert_eq!(weight_actions(&p), vec![set("v1", "v2", 0)]);
         // Same while a problem holds the policy.
-        sim.obs.problems = vec![problem("ServiceNotFound")];
+        sim.obs.problems = vec![problem(Reason::ServiceNotFound)];
         let p = sim.step();
         assert_eq!(weight_actions(&p), vec![set("v1", "v2", 0)]);
         assert_eq!(sim.status.phase, Phase::Aborted);
@@ -1394,7 +1395,7 @@ mod trust {
     fn other_problems_hold_but_abort_rollback_and_deadline_work() {
         // Holds.
         let mut sim = at_fifty();
-        sim.obs.problems = vec![problem("AmbiguousHpa")];
+        sim.obs.problems = vec![problem(Reason::AmbiguousHpa)];
         sim.advance(5);
         let p = sim.step();
         assert!(weight_actions(&p).is_empty(), "{:?}", p.actions);
@@ -1424,7 +1425,7 @@ mod trust {
         let mut sim = at_fifty();
         sim.spec.analysis = Some(analysis());
         sim.step();
-        sim.obs.problems = vec![problem("AmbiguousHpa")];
+        sim.obs.problems = vec![problem(Reason::AmbiguousHpa)];
         sim.advance(20);
         check(&mut sim, Verdict::Fail, 10);
         sim.settle();
@@ -1434,7 +1435,7 @@ mod trust {
         // The progress deadline (60 s) counts from when the problem appeared.
         let mut sim = at_fifty();
         sim.advance(100);
-        sim.obs.problems = vec![problem("DestinationRuleHostMismatch")];
+        sim.obs.problems = vec![problem(Reason::DestinationRuleHostMismatch)];
         sim.settle();
         assert_eq!(sim.status.phase, Phase::Invalid);
         sim.advance(59);
@@ -1454,7 +1455,7 @@ mod trust {
 
         // Fixed in time: the rollout goes on where it was.
         let mut sim = at_fifty();
-        sim.obs.problems = vec![problem("AmbiguousHpa")];
+        sim.obs.problems = vec![problem(Reason::AmbiguousHpa)];
         sim.settle();
         sim.obs.problems.clear();
         sim.obs.command = cmd("p", CommandKind::Promote);
@@ -1469,13 +1470,13 @@ mod trust {
         sim.obs.canary = unready("h1");
         sim.settle();
         assert_eq!(sim.status.reason(), "WaitingForCanary");
-        sim.obs.canary_problems = vec![problem("SubsetSelectsNoPods")];
+        sim.obs.canary_problems = vec![problem(Reason::SubsetSelectsNoPods)];
         let p = sim.settle();
         assert!(weight_actions(&p).is_empty(), "{:?}", p.actions);
         assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::Invalid, 0));
         // Before any rollout, a problem is a plain Invalid.
         let mut sim = Sim::new();
-        sim.obs.canary_problems = vec![problem("SubsetNotFound")];
+        sim.obs.canary_problems = vec![problem(Reason::SubsetNotFound)];
         sim.settle();
         assert_eq!((sim.status.phase, sim.status.canary.clone()), (Phase::Invalid, None));
     }

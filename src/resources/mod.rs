@@ -8,6 +8,7 @@ pub mod command;
 pub mod crd;
 pub mod policy;
 pub mod provider;
+pub mod reason;
 pub mod schedule;
 pub mod schema;
 pub mod selector;

@@ -7,6 +7,8 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::reason::Reason;
+
 /// When traffic may rise. No windows: always, except during a freeze.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -76,9 +78,14 @@ pub enum HoldReason {
 
 impl HoldReason {
     pub fn as_str(self) -> &'static str {
+        self.reason().as_str()
+    }
+
+    /// The transition reason of the hold.
+    pub fn reason(self) -> Reason {
         match self {
-            HoldReason::OutsideWindow => "OutsideWindow",
-            HoldReason::Frozen => "Frozen",
+            HoldReason::OutsideWindow => Reason::OutsideWindow,
+            HoldReason::Frozen => Reason::Frozen,
         }
     }
 }
