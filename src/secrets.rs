@@ -22,3 +22,22 @@ pub async fn secret_value(secrets: &Api<Secret>, r: &SecretKeyRef) -> Result<Str
         .ok_or_else(|| Error::Secret(format!("Secret {} has no key {:?}", r.name, r.key)))?;
     String::from_utf8(bytes).map_err(|_| Error::Secret(format!("Secret {} key {:?} is not UTF-8", r.name, r.key)))
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::ByteString;
+
+    use super::*;
+
+    #[test]
+    fn a_key_is_read_from_data_or_from_string_data() {
+        let secret = Secret {
+            data: Some([("a".to_string(), ByteString(b"from-data".to_vec()))].into()),
+            string_data: Some([("b".to_string(), "from-string-data".to_string())].into()),
+            ..Default::default()
+        };
+        assert_eq!(secret_bytes(&secret, "a").as_deref(), Some(&b"from-data"[..]));
+        assert_eq!(secret_bytes(&secret, "b").as_deref(), Some(&b"from-string-data"[..]));
+        assert_eq!(secret_bytes(&secret, "c"), None);
+    }
+}

@@ -313,12 +313,8 @@ async fn secret_value(secrets: &Api<KubeSecret>, r: &SecretKeyRef) -> Result<Sec
         Some(s) => s,
         None => return Err(NotifyError::Target(format!("Secret {} not found", r.name))),
     };
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&r.key))
-        .map(|b| b.0.clone())
-        .ok_or_else(missing)?;
+    // The one reader of a key: `data`, or `stringData` not yet folded by the API server.
+    let bytes = crate::secrets::secret_bytes(&secret, &r.key).ok_or_else(missing)?;
     let text = String::from_utf8(bytes)
         .map_err(|_| NotifyError::Target(format!("Secret {} key {:?} is not UTF-8", r.name, r.key)))?;
     Ok(Secret(text.trim().to_string()))
