@@ -34,6 +34,13 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// A NotificationTarget (cluster-scoped, named by the platform team) and a failure kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetKindLabels {
+    pub target: String,
+    pub kind: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub namespace: String,
@@ -64,6 +71,8 @@ pub struct Metrics {
     pub analysis_duration: Histogram,
     /// Objects the caches skip because they cannot be decoded, by kind (plural).
     pub objects_rejected: Family<KindLabels, Counter>,
+    /// Failed notification deliveries, by target and kind (permanent, transient, rate_limited).
+    pub notification_failures: Family<TargetKindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -82,6 +91,7 @@ impl Default for Metrics {
         let checks = Family::<VerdictLabels, Counter>::default();
         let analysis_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let objects_rejected = Family::<KindLabels, Counter>::default();
+        let notification_failures = Family::<TargetKindLabels, Counter>::default();
         registry.register(
             "reconciles",
             "Reconciles by result and error category",
@@ -127,6 +137,11 @@ impl Default for Metrics {
             "Objects skipped by the caches because they cannot be decoded, by kind",
             objects_rejected.clone(),
         );
+        registry.register(
+            "notification_failures",
+            "Notification deliveries that failed, by target and kind",
+            notification_failures.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             reconciles,
@@ -142,6 +157,7 @@ impl Default for Metrics {
             checks,
             analysis_duration,
             objects_rejected,
+            notification_failures,
         }
     }
 }

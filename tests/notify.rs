@@ -346,10 +346,14 @@ async fn a_rollout_is_told_to_slack_teams_and_a_webhook_across_a_restart() -> Re
             ids == ["canaryd:promote", "canaryd:abort"],
             format!("buttons at the gate: {ids:?} in {last}"),
         )?;
-        let value: Value = serde_json::from_str(buttons[0]["value"].as_str().unwrap_or(""))?;
+        let mut value: Value = serde_json::from_str(buttons[0]["value"].as_str().unwrap_or(""))?;
+        // The gate occurrence: when the wait at this step began.
+        let at = value.as_object_mut().and_then(|o| o.remove("at"));
+        let began = status.step_started_at.map(|t| json!(t.as_millisecond()));
         ensure(
-            value == json!({"ns": seed.ns, "policy": POLICY, "canary": hash, "step": 3, "target": "ntf-slack"}),
-            format!("button value {value}"),
+            value == json!({"ns": seed.ns, "policy": POLICY, "canary": hash, "step": 3, "target": "ntf-slack"})
+                && at == began,
+            format!("button value {value}, at {at:?}, the wait began {began:?}"),
         )?;
         ensure(
             last.to_string().contains("▓▓▓▓▓░░░░░ 50%"),
@@ -523,6 +527,25 @@ async fn a_down_or_slow_receiver_does_not_slow_the_rollout() -> Result<()> {
 
 // ---- Issue 18: buttons per gate occurrence, one message per rollout, failures said, escaping ------
 
+/// A seed app, a stand-in Slack with receivers, and NotificationTargets `{prefix}-…` on it (the
+/// JSON webhook at `/hook/{hook}`).
+async fn seed_and_stand(prefix: &str, hook: &str) -> Result<(Seed, Stand, String)> {
+    let seed = seed(prefix).await?;
+    let (stand, base) = Stand::start(Duration::ZERO).await?;
+    let api = format!("{base}/api");
+    let hook = format!("{base}/hook/{hook}");
+    targets(
+        &seed,
+        prefix,
+        &api,
+        &format!("{base}/hook/t"),
+        &hook,
+        &format!("{base}/hook/s"),
+    )
+    .await?;
+    Ok((seed, stand, base))
+}
+
 const SIGNING: &str = "s1gning";
 const APPROVER: &str = "UAPPROVER";
 
@@ -632,18 +655,7 @@ async fn at_gate(seed: &Seed, step: u32) -> Result<RolloutPolicy> {
 /// once the policy is fixed, acts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_buttons_act_once_per_gate_occurrence() -> Result<()> {
-    let seed = seed("ntfocc").await?;
-    let (stand, base) = Stand::start(Duration::ZERO).await?;
-    let api = format!("{base}/api");
-    targets(
-        &seed,
-        "ntfocc",
-        &api,
-        &format!("{base}/hook/t"),
-        &format!("{base}/hook/j"),
-        &format!("{base}/hook/s"),
-    )
-    .await?;
+    let (seed, stand, base) = seed_and_stand("ntfocc", "j").await?;
     let listen = format!("127.0.0.1:{}", support::free_port()?);
     let daemon = fixture::start_daemon_with(&seed.ns, &["--approvals-listen", &listen], &[]).await?;
     let clicker = Clicker {
@@ -722,18 +734,7 @@ fn top_level(stand: &Stand) -> Vec<Value> {
 /// gets a message of its own: two rollouts, two messages, the first left as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_events_filter_each_rollout_gets_its_own_slack_message() -> Result<()> {
-    let seed = seed("ntfmsg").await?;
-    let (stand, base) = Stand::start(Duration::ZERO).await?;
-    let api = format!("{base}/api");
-    targets(
-        &seed,
-        "ntfmsg",
-        &api,
-        &format!("{base}/hook/t"),
-        &format!("{base}/hook/j"),
-        &format!("{base}/hook/s"),
-    )
-    .await?;
+    let (seed, stand, _) = seed_and_stand("ntfmsg", "j").await?;
     let daemon = start_daemon(&seed.ns).await?;
     let run = async {
         let mut yaml = policy_with(&seed, &["ntfmsg-slack"]);
@@ -810,18 +811,8 @@ async fn metrics(daemon: &mut support::ChildProc) -> Result<String> {
 /// again and again; changing the target tries again, and the next success clears the error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_delivery_error_is_said_and_not_retried_until_the_target_changes() -> Result<()> {
-    let seed = seed("ntffail").await?;
-    let (stand, base) = Stand::start(Duration::ZERO).await?;
+    let (seed, stand, base) = seed_and_stand("ntffail", "gone").await?;
     let api = format!("{base}/api");
-    targets(
-        &seed,
-        "ntffail",
-        &api,
-        &format!("{base}/hook/t"),
-        &format!("{base}/hook/gone"),
-        &format!("{base}/hook/s"),
-    )
-    .await?;
     let gone = |channel: &str| {
         format!(
             "apiVersion: canaryd.io/v1alpha1\nkind: NotificationTarget\nmetadata: {{name: ntffail-gone}}\n\
@@ -839,7 +830,16 @@ async fn a_permanent_delivery_error_is_said_and_not_retried_until_the_target_cha
             let notes = seed.events(POLICY, "NotificationFailed").await?.join(" | ");
             Ok((notes.contains("ntffail-gone") && notes.contains("ntffail-hook")).then_some(notes))
         })
-        .await?;
+        .await;
+        let all: Api<Event> = Api::namespaced(seed.client.clone(), &seed.ns);
+        let all: Vec<String> = all
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|e| format!("{:?} {:?} {:?}", e.reason, e.regarding.and_then(|r| r.name), e.note))
+            .collect();
+        let events = events.with_context(|| format!("Events: {all:#?}"))?;
         ensure(
             events.contains("channel_not_found") && events.contains("404"),
             format!("the Events do not say why: {events}"),
@@ -899,19 +899,8 @@ async fn a_permanent_delivery_error_is_said_and_not_retried_until_the_target_cha
 /// Slack answers HTTP 429 with `Retry-After: 3`: the next call comes no sooner, and it is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_rate_limiting_is_honoured() -> Result<()> {
-    let seed = seed("ntf429").await?;
-    let (stand, base) = Stand::start(Duration::ZERO).await?;
+    let (seed, stand, _) = seed_and_stand("ntf429", "j").await?;
     stand.limited.store(1, Ordering::SeqCst);
-    let api = format!("{base}/api");
-    targets(
-        &seed,
-        "ntf429",
-        &api,
-        &format!("{base}/hook/t"),
-        &format!("{base}/hook/j"),
-        &format!("{base}/hook/s"),
-    )
-    .await?;
     let daemon = start_daemon(&seed.ns).await?;
     let run = async {
         seed.apply(&policy_with(&seed, &["ntf429-slack"])).await?;
@@ -944,18 +933,7 @@ fn strings(v: &Value, out: &mut Vec<String>) {
 /// every text, never a raw `<`, `>` or `&` from the data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_text_is_escaped() -> Result<()> {
-    let seed = seed("ntfesc").await?;
-    let (stand, base) = Stand::start(Duration::ZERO).await?;
-    let api = format!("{base}/api");
-    targets(
-        &seed,
-        "ntfesc",
-        &api,
-        &format!("{base}/hook/t"),
-        &format!("{base}/hook/j"),
-        &format!("{base}/hook/s"),
-    )
-    .await?;
+    let (seed, stand, _) = seed_and_stand("ntfesc", "j").await?;
     let daemon = start_daemon(&seed.ns).await?;
     let run = async {
         let yaml = policy_with(&seed, &["ntfesc-slack"]).replace("subset: v2,", "subset: 'v2<b>&x',");
