@@ -91,7 +91,6 @@ impl Default for Metrics {
         let checks = Family::<VerdictLabels, Counter>::default();
         let analysis_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let objects_rejected = Family::<KindLabels, Counter>::default();
-        let notification_failures = Family::<TargetKindLabels, Counter>::default();
         registry.register(
             "reconciles",
             "Reconciles by result and error category",
@@ -137,11 +136,7 @@ impl Default for Metrics {
             "Objects skipped by the caches because they cannot be decoded, by kind",
             objects_rejected.clone(),
         );
-        registry.register(
-            "notification_failures",
-            "Notification deliveries that failed, by target and kind",
-            notification_failures.clone(),
-        );
+        let notification_failures = registered_notification_failures(&mut registry);
         Self {
             registry: Mutex::new(registry),
             reconciles,
@@ -160,6 +155,14 @@ impl Default for Metrics {
             notification_failures,
         }
     }
+}
+
+/// `canaryd_notification_failures_total{target,kind}`.
+fn registered_notification_failures(registry: &mut Registry) -> Family<TargetKindLabels, Counter> {
+    let family = Family::<TargetKindLabels, Counter>::default();
+    let help = "Notification deliveries that failed, by target and kind";
+    registry.register("notification_failures", help, family.clone());
+    family
 }
 
 impl Metrics {

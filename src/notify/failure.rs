@@ -12,9 +12,9 @@ use tracing::warn;
 
 use super::delivery::{Retry, next_try};
 use super::{Notifier, NotifyError, TargetKey};
-use crate::resources::target::NotificationTarget;
 use crate::metrics::TargetKindLabels;
 use crate::resources::policy::{RolloutPolicy, SecretKeyRef};
+use crate::resources::target::NotificationTarget;
 
 /// `lastError` is at most this long (the CRD's maxLength).
 pub const LAST_ERROR_MAX: usize = 512;
