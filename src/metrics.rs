@@ -34,6 +34,13 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// A NotificationTarget (cluster-scoped, named by the platform team) and a failure kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetKindLabels {
+    pub target: String,
+    pub kind: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub namespace: String,
@@ -64,6 +71,8 @@ pub struct Metrics {
     pub analysis_duration: Histogram,
     /// Objects the caches skip because they cannot be decoded, by kind (plural).
     pub objects_rejected: Family<KindLabels, Counter>,
+    /// Failed notification deliveries, by target and kind (permanent, transient, rate_limited).
+    pub notification_failures: Family<TargetKindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -127,6 +136,7 @@ impl Default for Metrics {
             "Objects skipped by the caches because they cannot be decoded, by kind",
             objects_rejected.clone(),
         );
+        let notification_failures = registered_notification_failures(&mut registry);
         Self {
             registry: Mutex::new(registry),
             reconciles,
@@ -142,8 +152,17 @@ impl Default for Metrics {
             checks,
             analysis_duration,
             objects_rejected,
+            notification_failures,
         }
     }
+}
+
+/// `canaryd_notification_failures_total{target,kind}`.
+fn registered_notification_failures(registry: &mut Registry) -> Family<TargetKindLabels, Counter> {
+    let family = Family::<TargetKindLabels, Counter>::default();
+    let help = "Notification deliveries that failed, by target and kind";
+    registry.register("notification_failures", help, family.clone());
+    family
 }
 
 impl Metrics {

@@ -46,6 +46,9 @@ const SLACK_OUTCOME_WAIT: Duration = Duration::from_secs(10);
 /// Slack Web API and `response_url` calls.
 const SLACK_TIMEOUT: Duration = Duration::from_secs(3);
 const FIELD_MANAGER: &str = "canaryd-approvals";
+/// Refused commands of one click's gate occurrence that a fresh click may follow (a bound on the
+/// objects a clicker can create).
+const MAX_REFUSED_CLICKS: u32 = 8;
 
 /// What the listener needs: the daemon's client and who it is (`spec.requestedBy` of its commands).
 #[derive(Clone)]
@@ -588,8 +591,7 @@ impl Approvals {
             step: Some(v.step),
             on_behalf_of: click.person(),
         };
-        let name = click.command_name();
-        match self.create(&policy, &bound, Naming::Fixed(name.clone())).await {
+        match self.create_for_click(&policy, &bound, click).await {
             Ok(Created::New(name)) => {
                 info!(user = %click.person(), action = %what, rolloutcommand = %name, "Slack click: command created");
                 self.answer_outcome_later(target, click, name);
@@ -599,6 +601,31 @@ impl Approvals {
             Err(e) => {
                 warn!(error = %e, "Slack interactivity: cannot create the command");
                 Some(format!("Nothing done: could not record the {what} ({e}); try again."))
+            }
+        }
+    }
+
+    /// The click's command: the first of its gate occurrence, or the one it repeats. A refused one
+    /// (expired, or refused during a failover) does not stand in the way of a fresh click.
+    async fn create_for_click(
+        &self,
+        policy: &RolloutPolicy,
+        bound: &Binding,
+        click: &Click,
+    ) -> Result<Created, kube::Error> {
+        let mut nth = 0;
+        loop {
+            let created = self
+                .create(policy, bound, Naming::Fixed(click.command_name(nth)))
+                .await?;
+            match created {
+                Created::Exists(first)
+                    if nth < MAX_REFUSED_CLICKS
+                        && first.status.as_ref().is_some_and(|s| s.outcome == Outcome::Refused) =>
+                {
+                    nth += 1
+                }
+                other => return Ok(other),
             }
         }
     }

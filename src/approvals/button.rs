@@ -1,5 +1,6 @@
 //! The value of the Approve / Abort buttons on a rollout's Slack message: which policy, rollout
-//! (canary template hash) and step the click is about, so that a click on an old message does nothing.
+//! (canary template hash), step and gate occurrence the click is about, so that a click on an old
+//! message does nothing and a new occurrence of the same gate gets buttons that act.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,10 @@ pub struct ButtonValue {
     pub step: u32,
     /// The NotificationTarget whose message carries the button (its signing secret and allow-lists).
     pub target: String,
+    /// The gate occurrence: when the step's wait began (`status.stepStartedAt`, Unix ms). A retry or
+    /// a redeploy reaching the same step again is another occurrence. Absent on older messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<i64>,
 }
 
 impl ButtonValue {
@@ -46,13 +51,19 @@ mod tests {
             canary: "5d8f9c".into(),
             step: 3,
             target: "team-slack".into(),
+            at: Some(1_700_000_000_123),
         };
         let text = v.encode();
         assert_eq!(
             text,
-            r#"{"ns":"dev","policy":"istio-test","canary":"5d8f9c","step":3,"target":"team-slack"}"#
+            r#"{"ns":"dev","policy":"istio-test","canary":"5d8f9c","step":3,"target":"team-slack","at":1700000000123}"#
         );
-        assert_eq!(ButtonValue::decode(&text).ok(), Some(v));
+        assert_eq!(ButtonValue::decode(&text).ok(), Some(v.clone()));
+        // A message sent before occurrences were named still decodes.
+        let old = ButtonValue::decode(
+            r#"{"ns":"dev","policy":"istio-test","canary":"5d8f9c","step":3,"target":"team-slack"}"#,
+        );
+        assert_eq!(old.ok(), Some(ButtonValue { at: None, ..v }));
     }
 
     #[test]

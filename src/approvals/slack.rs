@@ -163,9 +163,10 @@ impl Click {
         }
     }
 
-    /// The command's name: the same click on the same message always gives the same name, so a
-    /// double click or a replayed request meets the first command (AlreadyExists).
-    pub fn command_name(&self) -> String {
+    /// The command's name: the same click on the same gate occurrence always gives the same name,
+    /// so a double click or a replayed request meets the first command (AlreadyExists). `nth` > 0
+    /// names a fresh try after the first ones were refused (expired, or during a failover).
+    pub fn command_name(&self, nth: u32) -> String {
         let v = &self.value;
         let step = v.step.to_string();
         let mut h = Sha256::new();
@@ -173,10 +174,16 @@ impl Click {
             h.update(part.as_bytes());
             h.update([0u8]);
         }
+        // Without an occurrence (older messages) the name is the one those messages always had.
+        if let Some(at) = v.at {
+            h.update(at.to_string().as_bytes());
+            h.update([0u8]);
+        }
         let digest = hex::encode(&h.finalize()[..8]);
         let policy: String = v.policy.chars().take(40).collect();
+        let again = if nth > 0 { format!("-{nth}") } else { String::new() };
         format!(
-            "{}-slack-{}-{digest}",
+            "{}-slack-{}-{digest}{again}",
             policy.trim_end_matches(['-', '.']),
             self.kind.as_str()
         )
@@ -413,21 +420,29 @@ mod tests {
                 policy: "app".into(),
                 canary: "abc".into(),
                 step: 1,
-                target: "team".into()
+                target: "team".into(),
+                at: None,
             }
         );
         let abort = parse_payload(&payload(ABORT_ACTION, VALUE)).unwrap();
         assert_eq!(abort.kind, CommandKind::Abort);
-        // Same click, same name; another action, step or canary, another name.
+        // Same click, same name; another action, step, canary or gate occurrence, another name.
         assert_eq!(
-            click.command_name(),
-            parse_body(body.as_bytes()).unwrap().command_name()
+            click.command_name(0),
+            parse_body(body.as_bytes()).unwrap().command_name(0)
         );
-        assert_ne!(click.command_name(), abort.command_name());
+        assert_ne!(click.command_name(0), abort.command_name(0));
         let mut other = click.clone();
         other.value.step = 3;
-        assert_ne!(click.command_name(), other.command_name());
-        assert!(click.command_name().starts_with("app-slack-promote-"));
+        assert_ne!(click.command_name(0), other.command_name(0));
+        assert!(click.command_name(0).starts_with("app-slack-promote-"));
+        let mut first = click.clone();
+        first.value.at = Some(1_700_000_000_000);
+        let mut again = first.clone();
+        again.value.at = Some(1_700_000_100_000);
+        assert_ne!(first.command_name(0), again.command_name(0));
+        assert_ne!(first.command_name(0), click.command_name(0));
+        assert_eq!(first.command_name(1), format!("{}-1", first.command_name(0)));
     }
 
     #[test]

@@ -154,7 +154,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         (ctx.caches.targets.clone(), ctx.caches.namespaces.clone()),
         options.secrets_namespace.clone(),
         ctx.leader.clone(),
-        Recorder::new(ctx.client.clone(), reporter),
+        (Recorder::new(ctx.client.clone(), reporter), ctx.metrics.clone()),
     ) {
         Ok(notifier) => {
             let caches = ctx.caches.clone();

@@ -28,12 +28,24 @@ pub struct Message {
     pub analysis: Vec<MetricResult>,
     /// A unique, stable id of the transition (for a receiver to drop a repeat after a crash).
     pub id: String,
+    /// When the gate's wait began (`status.stepStartedAt` at the transition's step): the gate
+    /// occurrence the buttons act on.
+    pub gate_at: Timestamp,
+    /// When the rollout the transition belongs to started (its RolloutStarted or CanaryChanged);
+    /// None when that dropped out of the capped history.
+    pub rollout: Option<Timestamp>,
 }
 
 impl Message {
-    /// `transition` of `policy`, with the versions and analysis of the policy's current status.
-    pub fn new(policy: &RolloutPolicy, transition: &Transition, nth_at_that_time: u32) -> Self {
+    /// Transition `history[i]` of `policy`, with the versions and analysis of its current status.
+    pub fn new(policy: &RolloutPolicy, history: &[Transition], i: usize) -> Self {
+        let transition = &history[i];
+        let nth_at_that_time = super::progress::nth_at_that_time(history, i);
         let status = policy.status.clone().unwrap_or_default();
+        let gate_at = status
+            .step_started_at
+            .filter(|_| status.step == transition.step)
+            .unwrap_or(transition.at);
         let namespace = policy.namespace().unwrap_or_default();
         let name = policy.name_any();
         let canary = status
@@ -60,6 +72,8 @@ impl Message {
             canary,
             canary_hash: status.canary.as_ref().map(|c| c.template_hash.clone()),
             analysis: status.analysis.map(|a| a.metrics).unwrap_or_default(),
+            gate_at,
+            rollout: super::progress::rollout_start(history, i),
         }
     }
 
@@ -118,6 +132,7 @@ impl Message {
             canary: self.canary_hash.clone()?,
             step: self.step?,
             target: target.to_string(),
+            at: Some(self.gate_at.as_millisecond()),
         };
         Some((value, approve))
     }

@@ -8,7 +8,10 @@
 //! reconcile (its own task, bounded timeouts). Credentials never reach logs, status or Events: only
 //! the target's name is said.
 
+pub mod delivery;
+mod failure;
 pub mod message;
+pub mod progress;
 pub mod slack;
 pub mod teams;
 pub mod webhook;
@@ -18,32 +21,29 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Secret as KubeSecret};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, Resource, ResourceExt};
-use serde_json::{Value, json};
-use tracing::{debug, info, warn};
+use kube::{Client, ResourceExt};
+use tracing::{debug, info};
 
 use crate::cache::slim::{Decoded, SlimPolicy};
 use crate::fence::LeaderGuard;
+use crate::metrics::Metrics;
 use crate::resources::policy::{
     Notification, NotificationStatus, Phase, RolloutPolicy, RolloutPolicySpec, SecretKeyRef, Transition,
 };
 use crate::resources::reason::Reason;
 use crate::resources::target::NotificationTarget;
+pub use delivery::{BACKOFF_CAP, Http, NotifyError, REQUEST_TIMEOUT, backoff};
 use message::Message;
+pub use progress::{advance, pending};
 
-/// One request to a receiver may take this long, connecting included.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the policies are looked at for transitions not yet sent.
 const TICK: Duration = Duration::from_secs(1);
-const BACKOFF_FIRST: Duration = Duration::from_secs(1);
-const BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// Policies handled at once: one slow receiver must not hold the others' notifications.
 const CONCURRENCY: usize = 16;
-const ANSWER_LIMIT: usize = 64 * 1024;
 
 /// An event name `spec.notifications[].events` accepts: a phase or a transition reason.
 pub fn known_event(name: &str) -> bool {
@@ -74,38 +74,6 @@ pub fn wants(n: &Notification, t: &Transition) -> bool {
     n.events.is_empty() || n.events.iter().any(|e| *e == t.reason || e == t.phase.as_str())
 }
 
-/// How many transitions before `history[i]` share its instant.
-fn nth_at_that_time(history: &[Transition], i: usize) -> u32 {
-    history[..i].iter().filter(|t| t.at == history[i].at).count() as u32
-}
-
-/// Indices of the transitions of `history` not yet handled for a target. A target never told
-/// anything starts with the current rollout (from its last start), or with the newest transition.
-pub fn pending(history: &[Transition], entry: Option<&NotificationStatus>) -> Vec<usize> {
-    match entry.and_then(|e| e.sent_until.map(|at| (at, e.sent_at_that_time))) {
-        Some((until, count)) => (0..history.len())
-            .filter(|&i| {
-                let t = &history[i];
-                t.at > until || (t.at == until && nth_at_that_time(history, i) >= count)
-            })
-            .collect(),
-        None => {
-            let start = history
-                .iter()
-                .rposition(|t| matches!(t.reason.as_str(), "RolloutStarted" | "CanaryChanged"))
-                .unwrap_or(history.len().saturating_sub(1));
-            (start..history.len()).collect()
-        }
-    }
-}
-
-/// Record `history[i]` as handled.
-pub fn advance(entry: &mut NotificationStatus, history: &[Transition], i: usize) {
-    let t = &history[i];
-    entry.sent_until = Some(t.at);
-    entry.sent_at_that_time = nth_at_that_time(history, i) + 1;
-}
-
 /// A credential read from a Secret: never printed.
 #[derive(Clone)]
 pub struct Secret(String);
@@ -124,95 +92,6 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(<redacted>)")
     }
-}
-
-/// Why a notification was not delivered. No variant holds a URL or a credential.
-#[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
-    #[error("unreachable: {0}")]
-    Unreachable(String),
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("answered HTTP {0}")]
-    Status(u16),
-    #[error("Slack refused: {0}")]
-    Slack(String),
-    #[error("{0}")]
-    Target(String),
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-}
-
-/// The HTTP client of every channel: rustls, bounded timeouts, no redirects (a redirect could carry
-/// a credential-bearing request elsewhere).
-pub struct Http {
-    client: reqwest::Client,
-    timeout: Duration,
-}
-
-impl Http {
-    pub fn new(timeout: Duration) -> Result<Self, NotifyError> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("canaryd/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .build()
-            .map_err(|e| NotifyError::Unreachable(chain(&e.without_url())))?;
-        Ok(Http { client, timeout })
-    }
-
-    /// POST `body` as JSON; the answer's body when the status is 2xx.
-    pub async fn post_json(&self, url: &str, bearer: Option<&Secret>, body: &Value) -> Result<Vec<u8>, NotifyError> {
-        let url = reqwest::Url::parse(url).map_err(|_| NotifyError::Target("the URL is not valid".into()))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(NotifyError::Target("the URL must be http or https".into()));
-        }
-        let mut request = self
-            .client
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
-            .body(body.to_string());
-        if let Some(token) = bearer {
-            request = request.bearer_auth(token.expose());
-        }
-        let mut response = request.send().await.map_err(|e| self.transport(e))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(NotifyError::Status(status.as_u16()));
-        }
-        let mut answer = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(e))? {
-            if answer.len() + chunk.len() > ANSWER_LIMIT {
-                break;
-            }
-            answer.extend_from_slice(&chunk);
-        }
-        Ok(answer)
-    }
-
-    fn transport(&self, e: reqwest::Error) -> NotifyError {
-        if e.is_timeout() {
-            NotifyError::Timeout(self.timeout)
-        } else {
-            // The URL may embed a credential (webhook URLs do): never in the text.
-            NotifyError::Unreachable(chain(&e.without_url()))
-        }
-    }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
 }
 
 /// A target with its credentials read.
@@ -295,9 +174,7 @@ impl Channel {
                     channel,
                     buttons_for: buttons.then_some(target),
                 };
-                let new_rollout = matches!(m.reason.as_str(), "RolloutStarted" | "CanaryChanged");
-                let current = if new_rollout { None } else { entry.slack.as_ref() };
-                entry.slack = Some(bot.send(http, m, current).await?);
+                entry.slack = Some(bot.send(http, m, entry.slack.as_ref()).await?);
                 Ok(())
             }
             Channel::SlackWebhook { url } => slack::post_webhook(http, url, m).await,
@@ -332,6 +209,8 @@ struct State {
     backoff: HashMap<TargetKey, (u32, Instant)>,
     /// Problems already reported (an Event each), per policy and target: once per daemon run.
     reported: HashSet<TargetKey>,
+    /// Targets whose last delivery failed for good, per policy and target.
+    parked: HashMap<TargetKey, failure::Parked>,
     /// Writes of one policy's `status.notifications`, one at a time.
     writes: HashMap<PolicyKey, Arc<tokio::sync::Mutex<()>>>,
 }
@@ -348,6 +227,7 @@ pub struct Notifier {
     pub leader: LeaderGuard,
     pub recorder: Recorder,
     pub http: Http,
+    pub metrics: Arc<Metrics>,
     state: Mutex<State>,
     permits: tokio::sync::Semaphore,
 }
@@ -362,7 +242,7 @@ impl Notifier {
         ),
         secrets_namespace: String,
         leader: LeaderGuard,
-        recorder: Recorder,
+        (recorder, metrics): (Recorder, Arc<Metrics>),
     ) -> Result<Self, NotifyError> {
         Ok(Notifier {
             client,
@@ -373,6 +253,7 @@ impl Notifier {
             leader,
             recorder,
             http: Http::new(REQUEST_TIMEOUT)?,
+            metrics,
             state: Mutex::new(State::default()),
             permits: tokio::sync::Semaphore::new(CONCURRENCY),
         })
@@ -425,6 +306,7 @@ impl Notifier {
             let kept = |(ns, name, _): &TargetKey| present.contains(&(ns.clone(), name.clone()));
             state.backoff.retain(|k, _| kept(k));
             state.reported.retain(kept);
+            state.parked.retain(|k, _| kept(k));
             state.writes.retain(|k, _| present.contains(k));
         }
     }
@@ -437,8 +319,15 @@ impl Notifier {
             n.target.clone(),
         );
         let status = policy.status.clone().unwrap_or_default();
+        let version = self.target(&n.target).and_then(|t| t.resource_version());
         let state = self.state();
-        let due = state.backoff.get(&key).is_none_or(|(_, at)| *at <= Instant::now());
+        let now = Instant::now();
+        // A parked target waits for a change: of itself (watched) or of a Secret (looked at now and then).
+        let parked = state
+            .parked
+            .get(&key)
+            .is_some_and(|p| p.check_at > now && p.target_version == version);
+        let due = !parked && state.backoff.get(&key).is_none_or(|(_, at)| *at <= now);
         let entry = status.notifications.iter().find(|e| e.target == n.target);
         let unreported = !state.reported.contains(&key)
             && (self.target(&n.target).is_none() || n.events.iter().any(|e| !known_event(e)));
@@ -483,8 +372,42 @@ impl Notifier {
             return;
         };
         if let Err(Stop::Failed(e)) = self.notify_target(&api, &policy, i, n).await {
-            self.failed(key, &e);
+            self.failed(&api, &policy, key, &e).await;
         }
+    }
+
+    /// The target `n` names, if it exists and the policy's namespace may use it; reports what is
+    /// wrong with it otherwise (a Warning Event once).
+    async fn usable_target(
+        &self,
+        policy: &RolloutPolicy,
+        key: &TargetKey,
+        i: usize,
+        n: &Notification,
+    ) -> Option<Arc<NotificationTarget>> {
+        let Some(target) = self.target(&n.target) else {
+            let why = match self.targets.get(&ObjectRef::new(&n.target)).as_deref() {
+                Some(Decoded::Rejected(r)) => format!("is rejected (cannot be decoded: {})", r.reason),
+                _ => "not found".into(),
+            };
+            let message = format!(
+                "spec.notifications[{i}].target: NotificationTarget {:?} {why}; the rollout goes on without it",
+                n.target
+            );
+            self.report(policy, key, "NotificationTargetNotFound", message).await;
+            return None;
+        };
+        if let Some(why) = self.refusal(&target, &n.target, &key.0) {
+            // Nothing is sent, and nothing recorded: the policy is Invalid for it (see tenancy).
+            let message = format!("spec.notifications[{i}].target: {why}");
+            self.report(policy, key, "NotificationTargetNotAllowed", message).await;
+            return None;
+        }
+        if let Some(e) = n.events.iter().find(|e| !known_event(e)) {
+            let message = format!("spec.notifications[{i}].events: unknown event {e:?}; it matches no transition");
+            self.report(policy, key, "NotificationEventUnknown", message).await;
+        }
+        Some(target)
     }
 
     /// Send the transitions target `n` misses, in order, recording each.
@@ -495,31 +418,14 @@ impl Notifier {
         i: usize,
         n: &Notification,
     ) -> Result<(), Stop> {
-        let ns = policy.namespace().unwrap_or_default();
-        let name = policy.name_any();
-        let key = (ns.clone(), name.clone(), n.target.clone());
-        let Some(target) = self.target(&n.target) else {
-            let why = match self.targets.get(&ObjectRef::new(&n.target)).as_deref() {
-                Some(Decoded::Rejected(r)) => format!("is rejected (cannot be decoded: {})", r.reason),
-                _ => "not found".into(),
-            };
-            let message = format!(
-                "spec.notifications[{i}].target: NotificationTarget {:?} {why}; the rollout goes on without it",
-                n.target
-            );
-            self.report(policy, &key, "NotificationTargetNotFound", message).await;
+        let key = (
+            policy.namespace().unwrap_or_default(),
+            policy.name_any(),
+            n.target.clone(),
+        );
+        let Some(target) = self.usable_target(policy, &key, i, n).await else {
             return Ok(());
         };
-        if let Some(why) = self.refusal(&target, &n.target, &ns) {
-            // Nothing is sent, and nothing recorded: the policy is Invalid for it (see tenancy).
-            let message = format!("spec.notifications[{i}].target: {why}");
-            self.report(policy, &key, "NotificationTargetNotAllowed", message).await;
-            return Ok(());
-        }
-        if let Some(e) = n.events.iter().find(|e| !known_event(e)) {
-            let message = format!("spec.notifications[{i}].events: unknown event {e:?}; it matches no transition");
-            self.report(policy, &key, "NotificationEventUnknown", message).await;
-        }
         let due = self
             .state()
             .backoff
@@ -528,7 +434,7 @@ impl Notifier {
         let status = policy.status.clone().unwrap_or_default();
         let entry = status.notifications.iter().find(|e| e.target == n.target);
         let todo = pending(&status.history, entry);
-        if !due || todo.is_empty() {
+        if !due || todo.is_empty() || self.still_parked(&key, &target).await {
             return Ok(());
         }
         let mut entry = entry.cloned().unwrap_or_else(|| NotificationStatus {
@@ -542,92 +448,49 @@ impl Notifier {
         } else {
             None
         };
-        let mut unwritten = false;
-        for j in todo {
-            let t = &status.history[j];
-            if let (true, Some(channel)) = (wants(n, t), &channel) {
-                if !self.leader.may_write() {
-                    return Err(Stop::NotLeader);
-                }
-                let m = Message::new(policy, t, nth_at_that_time(&status.history, j));
-                channel
-                    .send(&self.http, &n.target, &m, &mut entry)
-                    .await
-                    .map_err(Stop::Failed)?;
-                info!(policy = %name, namespace = %ns, target = %n.target, reason = %t.reason, "notification sent");
-                advance(&mut entry, &status.history, j);
-                self.record(api, &name, &entry).await?;
-                unwritten = false;
-            } else {
-                advance(&mut entry, &status.history, j);
-                unwritten = true;
-            }
-        }
-        if unwritten {
-            self.record(api, &name, &entry).await?;
-        }
+        self.send_all(api, policy, n, (&todo, channel.as_ref()), &mut entry)
+            .await?;
         self.state().backoff.remove(&key);
         Ok(())
     }
 
-    /// Write one target's progress into `status.notifications` (only the notifier writes it; the
-    /// planner carries it over). Other targets of the policy write too: one at a time, each into
-    /// the list as it is now.
-    async fn record(&self, api: &Api<RolloutPolicy>, name: &str, entry: &NotificationStatus) -> Result<(), Stop> {
-        let ns = api.namespace().unwrap_or_default().to_string();
-        let lock = self.state().writes.entry((ns, name.to_string())).or_default().clone();
-        let _one_at_a_time = lock.lock().await;
-        let failed = |e| Stop::Failed(NotifyError::Kube(e));
-        let Some(policy) = api.get_opt(name).await.map_err(failed)? else {
-            return Ok(());
-        };
-        if !self.leader.may_write() {
-            return Err(Stop::NotLeader);
+    /// Send (or pass over, per `events`) transitions `todo`, recording the progress after each sent.
+    async fn send_all(
+        &self,
+        api: &Api<RolloutPolicy>,
+        policy: &RolloutPolicy,
+        n: &Notification,
+        (todo, channel): (&[usize], Option<&Channel>),
+        entry: &mut NotificationStatus,
+    ) -> Result<(), Stop> {
+        let name = policy.name_any();
+        let history = policy.status.as_ref().map(|s| s.history.as_slice()).unwrap_or_default();
+        let mut unwritten = false;
+        for &j in todo {
+            let t = &history[j];
+            if let (true, Some(channel)) = (wants(n, t), channel) {
+                if !self.leader.may_write() {
+                    return Err(Stop::NotLeader);
+                }
+                let m = Message::new(policy, history, j);
+                channel
+                    .send(&self.http, &n.target, &m, entry)
+                    .await
+                    .map_err(Stop::Failed)?;
+                info!(policy = %name, target = %n.target, reason = %t.reason, "notification sent");
+                entry.last_error = None;
+                advance(entry, history, j);
+                self.record(api, &name, entry).await?;
+                unwritten = false;
+            } else {
+                advance(entry, history, j);
+                unwritten = true;
+            }
         }
-        let mut list = policy.status.map(|s| s.notifications).unwrap_or_default();
-        match list.iter_mut().find(|e| e.target == entry.target) {
-            Some(e) => *e = entry.clone(),
-            None => list.push(entry.clone()),
+        if unwritten {
+            self.record(api, &name, entry).await?;
         }
-        // Targets no longer named are dropped.
-        list.retain(|e| policy.spec.notifications.iter().any(|n| n.target == e.target));
-        let patch = json!({"status": {"notifications": list}});
-        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(failed)?;
         Ok(())
-    }
-
-    /// Back off this target of this policy; say why, naming the target only.
-    fn failed(&self, key: &TargetKey, e: &NotifyError) {
-        let mut state = self.state();
-        let slot = state.backoff.entry(key.clone()).or_insert((0, Instant::now()));
-        slot.0 = slot.0.saturating_add(1);
-        let delay = backoff(slot.0);
-        slot.1 = Instant::now() + delay;
-        let (ns, name, target) = key;
-        warn!(policy = %name, namespace = %ns, target = %target, error = %e, retry_in = ?delay, "notification failed");
-    }
-
-    /// A Warning Event on the policy, once per daemon run.
-    async fn report(&self, policy: &RolloutPolicy, key: &TargetKey, reason: &str, message: String) {
-        if !self.state().reported.insert(key.clone()) {
-            return;
-        }
-        warn!(policy = %policy.name_any(), target = %key.2, "{message}");
-        if !self.leader.may_write() {
-            return;
-        }
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.into(),
-            note: Some(message),
-            action: "Notify".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &policy.object_ref(&())).await {
-            warn!(error = %e, "could not publish event");
-        }
     }
 }
 
@@ -636,53 +499,11 @@ enum Stop {
     Failed(NotifyError),
 }
 
-/// 1 s, 2 s, 4 s … up to a minute.
-pub fn backoff(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    (BACKOFF_FIRST * 2u32.pow(exp)).min(BACKOFF_CAP)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::progress::tests::t;
     use super::*;
-    use jiff::Timestamp;
-
-    fn t(secs: i64, reason: &str) -> Transition {
-        Transition {
-            at: Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH),
-            phase: Phase::Progressing,
-            step: Some(0),
-            canary_weight: 0,
-            reason: reason.into(),
-            message: String::new(),
-        }
-    }
-
-    #[test]
-    fn the_cursor_resumes_after_the_last_handled_transition_also_within_one_instant() {
-        let history = vec![
-            t(1, "NoCanary"),
-            t(5, "RolloutStarted"),
-            t(5, "WeightChanged"),
-            t(6, "Pausing"),
-        ];
-        // Never told: the current rollout, from its start.
-        assert_eq!(pending(&history, None), vec![1, 2, 3]);
-        let mut entry = NotificationStatus::default();
-        advance(&mut entry, &history, 1);
-        assert_eq!(pending(&history, Some(&entry)), vec![2, 3]);
-        advance(&mut entry, &history, 2);
-        assert_eq!(pending(&history, Some(&entry)), vec![3]);
-        advance(&mut entry, &history, 3);
-        assert!(pending(&history, Some(&entry)).is_empty());
-        // History is capped: older entries dropping out do not move the cursor.
-        assert!(pending(&history[2..], Some(&entry)).is_empty());
-        let mut more = history.clone();
-        more.push(t(9, "WaitingForApproval"));
-        assert_eq!(pending(&more, Some(&entry)), vec![4]);
-        // No rollout started in the history: only the newest.
-        assert_eq!(pending(&[t(1, "NoCanary"), t(2, "InvalidSpec")], None), vec![1]);
-    }
+    use serde_json::json;
 
     #[test]
     fn events_filter_by_reason_or_phase() {
@@ -739,14 +560,6 @@ mod tests {
         ] {
             assert!(known_event(name), "{name}");
         }
-    }
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(4), Duration::from_secs(8));
-        assert_eq!(backoff(40), BACKOFF_CAP);
     }
 
     #[test]

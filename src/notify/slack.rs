@@ -9,25 +9,32 @@ use super::{Http, NotifyError, Secret};
 use crate::approvals::button::{ABORT_ACTION, PROMOTE_ACTION};
 use crate::resources::policy::{SlackMessage, Verdict};
 
+/// Slack's control characters in data: `&`, `<`, `>` as entities, so that no value (a threshold
+/// `<= 500`, a message) is read as a link or mention. Markup canaryd builds itself is not passed here.
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
 /// The top-level `text`: Slack's notification and screen-reader fallback for the blocks.
 pub fn fallback(m: &Message) -> String {
-    format!("{}: {} ({}): {}", m.title(), m.phase, m.reason, m.text)
+    escape(&format!("{}: {} ({}): {}", m.title(), m.phase, m.reason, m.text))
 }
 
 /// Block Kit blocks of a rollout's message: `buttons_for` names the target when the message may
 /// carry the Approve / Abort buttons.
 pub fn blocks(m: &Message, buttons_for: Option<&str>) -> Value {
+    let e = escape;
     let mut blocks = vec![
-        json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&format!("{}: {}", m.title(), m.phase), 150)}}),
+        json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&e(&format!("{}: {}", m.title(), m.phase)), 150)}}),
         json!({"type": "section", "fields": [
-            {"type": "mrkdwn", "text": format!("*Service*\n{}", m.service)},
-            {"type": "mrkdwn", "text": format!("*Phase*\n{} ({})", m.phase, m.reason)},
-            {"type": "mrkdwn", "text": format!("*Stable*\n`{}`", m.stable_subset())},
-            {"type": "mrkdwn", "text": format!("*Canary*\n`{}`", m.canary_subset())},
-            {"type": "mrkdwn", "text": format!("*Weights* ({} → {})\n`{}`", m.stable_subset(), m.canary_subset(), bar(m.canary_weight))},
+            {"type": "mrkdwn", "text": format!("*Service*\n{}", e(&m.service))},
+            {"type": "mrkdwn", "text": format!("*Phase*\n{} ({})", m.phase, e(&m.reason))},
+            {"type": "mrkdwn", "text": format!("*Stable*\n`{}`", e(m.stable_subset()))},
+            {"type": "mrkdwn", "text": format!("*Canary*\n`{}`", e(m.canary_subset()))},
+            {"type": "mrkdwn", "text": format!("*Weights* ({} → {})\n`{}`", e(m.stable_subset()), e(m.canary_subset()), bar(m.canary_weight))},
             {"type": "mrkdwn", "text": format!("*Step*\n{}", m.step_text().unwrap_or_else(|| "-".into()))},
         ]}),
-        json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&m.text, 2900)}}),
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&e(&m.text), 2900)}}),
     ];
     if !m.analysis.is_empty() {
         let lines: Vec<String> = m
@@ -35,20 +42,15 @@ pub fn blocks(m: &Message, buttons_for: Option<&str>) -> Value {
             .iter()
             .map(|r| {
                 let value = r.value.map(number).unwrap_or_else(|| "-".into());
-                format!(
-                    "{} `{}` {value} (threshold {}, window {})",
-                    verdict_mark(r.verdict),
-                    r.name,
-                    r.threshold,
-                    r.window
-                )
+                let line = format!("`{}` {value} (threshold {}, window {})", r.name, r.threshold, r.window);
+                format!("{} {}", verdict_mark(r.verdict), e(&line))
             })
             .collect();
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("*Analysis*\n{}", lines.join("\n")), 2900)}}));
     }
     let failed = m.failed_metrics();
     if !failed.is_empty() {
-        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("*Rolled back on*\n{}", failed.join("\n")), 2900)}}));
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("*Rolled back on*\n{}", e(&failed.join("\n"))), 2900)}}));
     }
     if let Some((value, approve)) = buttons_for.and_then(|t| m.buttons(t)) {
         let value = value.encode();
@@ -76,13 +78,30 @@ fn verdict_mark(v: Verdict) -> &'static str {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// At most `max` characters; an escaped entity is never cut in half.
+pub fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_string();
     }
     let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    if let Some(amp) = out.rfind('&')
+        && !out[amp..].contains(';')
+    {
+        out.truncate(amp);
+    }
     out.push('…');
     out
+}
+
+/// Whether `m` starts a new message rather than updating `current`: it belongs to another rollout
+/// (also when the transitions between were filtered out). Without the rollout's start on either
+/// side (history capped, or a message recorded before starts were), a start transition decides.
+pub fn starts_message(m: &Message, current: &SlackMessage) -> bool {
+    let rollout = m.rollout.map(|t| t.to_string());
+    match (rollout, &current.rollout) {
+        (Some(this), Some(that)) => this != *that,
+        _ => matches!(m.reason.as_str(), "RolloutStarted" | "CanaryChanged"),
+    }
 }
 
 /// A bot: Web API base URL, token, channel, and whether its messages carry buttons.
@@ -105,7 +124,8 @@ impl Bot<'_> {
     ) -> Result<SlackMessage, NotifyError> {
         let text = fallback(m);
         let blocks = blocks(m, self.buttons_for);
-        match current {
+        let rollout = m.rollout.map(|t| t.to_string());
+        match current.filter(|c| !starts_message(m, c)) {
             None => {
                 let body = json!({"channel": self.channel, "text": text, "blocks": blocks});
                 let answer = self.call(http, "chat.postMessage", &body).await?;
@@ -115,6 +135,7 @@ impl Bot<'_> {
                     (Some(channel), Some(ts)) => Ok(SlackMessage {
                         channel: channel.into(),
                         ts: ts.into(),
+                        rollout,
                     }),
                     _ => Err(NotifyError::Slack(
                         "chat.postMessage answered without channel or ts".into(),
@@ -132,9 +153,12 @@ impl Bot<'_> {
                     Err(e) => return Err(e),
                 }
                 let reply = json!({"channel": msg.channel, "thread_ts": msg.ts,
-                    "text": format!("{} ({}): {}", m.phase, m.reason, m.text)});
+                    "text": escape(&format!("{} ({}): {}", m.phase, m.reason, m.text))});
                 self.call(http, "chat.postMessage", &reply).await?;
-                Ok(msg.clone())
+                Ok(SlackMessage {
+                    rollout: rollout.or_else(|| msg.rollout.clone()),
+                    ..msg.clone()
+                })
             }
         }
     }
@@ -198,6 +222,8 @@ mod tests {
                 at: jiff::Timestamp::UNIX_EPOCH,
             }],
             id: "x".into(),
+            gate_at: jiff::Timestamp::from_second(1_700_000_000).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+            rollout: None,
         }
     }
 
@@ -228,7 +254,8 @@ mod tests {
                 policy: "app".into(),
                 canary: "abc".into(),
                 step: 3,
-                target: "team".into()
+                target: "team".into(),
+                at: Some(1_700_000_000_000),
             })
         );
         assert!(b.to_string().contains("▓▓▓▓▓░░░░░ 50%"), "{b}");
@@ -314,6 +341,7 @@ mod tests {
         entry.slack = Some(SlackMessage {
             channel: "C9".into(),
             ts: "gone".into(),
+            rollout: None,
         });
         m.reason = "Promoted".into();
         assert!(channel.send(&http, "t", &m, &mut entry).await.is_ok());
@@ -343,10 +371,78 @@ mod tests {
     fn a_rollback_says_which_metric_failed_and_by_how_much() {
         let b = blocks(&message(Phase::RolledBack), Some("t")).to_string();
         assert!(
-            b.contains("success-rate = 95 (threshold >= 99, off by 4, window 1m)"),
+            b.contains("success-rate = 95 (threshold &gt;= 99, off by 4, window 1m)"),
             "{b}"
         );
         let progressing = blocks(&message(Phase::Progressing), Some("t")).to_string();
         assert!(!progressing.contains("Rolled back on"), "{progressing}");
+    }
+
+    #[test]
+    fn data_is_escaped_in_every_text_and_entities_are_not_cut() {
+        let mut m = message(Phase::RolledBack);
+        m.policy = "a&b".into();
+        m.text = "p99 <= 500 & <https://evil.example|click>".into();
+        m.analysis[0].threshold = "<= 500".into();
+        m.analysis[0].value = Some(900.0);
+        m.canary = Some(VersionRef {
+            subset: "v2<b>".into(),
+            deployment: "d".into(),
+        });
+        let b = blocks(&m, Some("t"));
+        let mut texts = vec![fallback(&m)];
+        for block in b.as_array().into_iter().flatten() {
+            for text in [&block["text"]["text"], &block["elements"][0]["text"]] {
+                texts.extend(text.as_str().map(str::to_string));
+            }
+            for f in block["fields"].as_array().into_iter().flatten() {
+                texts.extend(f["text"].as_str().map(str::to_string));
+            }
+        }
+        for t in &texts {
+            assert!(!t.contains('<') && !t.contains('>'), "raw markup in {t:?}");
+            assert!(
+                !t.replace("&amp;", "")
+                    .replace("&lt;", "")
+                    .replace("&gt;", "")
+                    .contains('&'),
+                "{t:?}"
+            );
+        }
+        let all = texts.join("\n");
+        assert!(
+            all.contains("p99 &lt;= 500 &amp; &lt;https://evil.example|click&gt;"),
+            "{all}"
+        );
+        assert!(all.contains("threshold &lt;= 500"), "{all}");
+        assert!(all.contains("`v2&lt;b&gt;`"), "{all}");
+        assert!(all.contains("dev/a&amp;b"), "{all}");
+        assert_eq!(escape("a & b <c> &amp;"), "a &amp; b &lt;c&gt; &amp;amp;");
+        // Truncating never leaves half an entity.
+        assert_eq!(truncate(&escape("ab&c"), 5), "ab…");
+        assert_eq!(truncate(&escape("ab&cdef"), 9), "ab&amp;c…");
+    }
+
+    #[test]
+    fn a_message_belongs_to_its_rollout_whatever_was_filtered_out_between() {
+        let at = |s| jiff::Timestamp::from_second(s).ok();
+        let current = SlackMessage {
+            channel: "C9".into(),
+            ts: "1.0".into(),
+            rollout: at(100).map(|t| t.to_string()),
+        };
+        let mut m = message(Phase::WaitingForApproval);
+        m.rollout = at(100);
+        assert!(!starts_message(&m, &current), "the same rollout updates its message");
+        m.rollout = at(200);
+        assert!(
+            starts_message(&m, &current),
+            "another rollout, RolloutStarted filtered out"
+        );
+        // Without a start on either side, a start transition decides (as before).
+        m.rollout = None;
+        assert!(!starts_message(&m, &current));
+        m.reason = "RolloutStarted".into();
+        assert!(starts_message(&m, &current));
     }
 }

@@ -319,6 +319,11 @@ pub struct NotificationStatus {
     /// The Slack message this rollout's transitions update (bot token only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slack: Option<SlackMessage>,
+    /// Why the last delivery failed, until one succeeds (a permanent error is not retried until
+    /// the target or its Secret changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub last_error: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -328,6 +333,10 @@ pub struct SlackMessage {
     pub channel: String,
     /// The message's timestamp: its ID for chat.update and the thread's parent.
     pub ts: String,
+    /// The rollout the message is about: when it started (its RolloutStarted or CanaryChanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub rollout: Option<String>,
 }
 
 /// What canaryd changed in each version's scaling, recorded before the first change so that it is
