@@ -268,6 +268,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Resume { target } => (target, CommandKind::Resume),
         Command::Retry { target } => (target, CommandKind::Retry),
     };
+    steer(target, kind).await
+}
+
+/// `promote`, `abort`, …: a RolloutCommand bound to the rollout as it is (or as pinned), then its outcome.
+async fn steer(target: Target, kind: CommandKind) -> anyhow::Result<ExitCode> {
     let client = client().await?;
     let ns = target
         .namespace
@@ -337,15 +342,7 @@ async fn run(
     let api = api_client(request_timeout).await?;
     let metrics = Arc::new(canaryd::metrics::Metrics::default());
     let health = Arc::new(Health::new(stuck_timeout));
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "serving /metrics /healthz /readyz");
-    // First line on stdout: where to scrape (scripts and tests read it when --listen ends in :0).
-    println!("listening on {addr}");
-    let app = canaryd::health::router(metrics.clone(), health.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = serve_health(listen, &metrics, &health).await?;
     // A standby fills its caches too: it is ready, and takes over without a cold start.
     let (wake, woken) = canaryd::controller::wake_channel();
     let caches = Caches::start(
@@ -405,6 +402,23 @@ async fn run(
         approvals.abort();
     }
     result
+}
+
+/// `/metrics`, `/healthz`, `/readyz` on `listen`.
+async fn serve_health(
+    listen: SocketAddr,
+    metrics: &Arc<canaryd::metrics::Metrics>,
+    health: &Arc<Health>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "serving /metrics /healthz /readyz");
+    // First line on stdout: where to scrape (scripts and tests read it when --listen ends in :0).
+    println!("listening on {addr}");
+    let app = canaryd::health::router(metrics.clone(), health.clone());
+    Ok(tokio::spawn(async move { axum::serve(listener, app).await }))
 }
 
 async fn serve_approvals(
