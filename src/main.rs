@@ -432,7 +432,8 @@ async fn serve_approvals(
         .context("the approvals listener needs the daemon's own user name (SelfSubjectReview)")?;
     // Signing secrets from memory: a forged click costs the API server nothing.
     let keys = canaryd::approvals::keys::SlackKeys::start(client, &options.secrets_namespace, caches.targets.clone());
-    let approvals = canaryd::approvals::listener::Approvals::new(client.clone(), identity, options.namespace.clone(), keys)?;
+    let approvals =
+        canaryd::approvals::listener::Approvals::new(client.clone(), identity, options.namespace.clone(), keys)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;

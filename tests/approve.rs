@@ -195,7 +195,15 @@ async fn approval_api_acts_only_for_a_token_that_may_promote() -> Result<()> {
             format!("canaryd promote --step 1 at step 3: {out}"),
         )?;
         ensure(commands(&seed).await?.len() == 1, "a refused pin created a command")?;
-        let (code, a) = api_call_with(&url, ns, POLICY, "promote", Some(&ci), Some(&json!({"canary": hash, "step": 3}))).await?;
+        let (code, a) = api_call_with(
+            &url,
+            ns,
+            POLICY,
+            "promote",
+            Some(&ci),
+            Some(&json!({"canary": hash, "step": 3})),
+        )
+        .await?;
         ensure(
             code == 200 && a["result"] == "acted",
             format!("second gate, pinned: {code} {a}"),
@@ -249,7 +257,10 @@ async fn pinned_calls_meet_the_gate_they_name(url: &str, seed: &Seed, ci: &str, 
         format!("pinned to another canary: {code} {a}"),
     )?;
     let reviews = audited(mark, |e| is_review_of(e, ci)).await?;
-    ensure(reviews <= 1, format!("two calls with one token: {reviews} TokenReviews"))?;
+    ensure(
+        reviews <= 1,
+        format!("two calls with one token: {reviews} TokenReviews"),
+    )?;
     // What a pin may be: a JSON object with `canary` (string) and `step` (number), nothing else.
     for (body, what) in [
         (json!({"step": "3"}), "a step that is not a number"),
@@ -257,7 +268,10 @@ async fn pinned_calls_meet_the_gate_they_name(url: &str, seed: &Seed, ci: &str, 
         (json!({"step": -1}), "a negative step"),
     ] {
         let (code, a) = api_call_with(url, ns, POLICY, "promote", Some(ci), Some(&body)).await?;
-        ensure(code == 400 && a["result"] == "bad-request", format!("{what}: {code} {a}"))?;
+        ensure(
+            code == 400 && a["result"] == "bad-request",
+            format!("{what}: {code} {a}"),
+        )?;
     }
     Ok(())
 }
@@ -268,7 +282,11 @@ async fn bad_tokens_cost_the_api_server_nothing(url: &str, ns: &str) -> Result<(
     let mut codes = BTreeMap::<u16, u32>::new();
     // The same bad token again and again, then a new one each time.
     for i in 0..40 {
-        let token = if i < 20 { format!("{marker}same") } else { format!("{marker}{i}") };
+        let token = if i < 20 {
+            format!("{marker}same")
+        } else {
+            format!("{marker}{i}")
+        };
         let (code, _) = api_call(url, ns, POLICY, "promote", Some(&token)).await?;
         *codes.entry(code).or_default() += 1;
     }

@@ -426,7 +426,9 @@ async fn credentials_go_only_to_the_address_their_provider_names() -> Result<()>
         let own: Api<Secret> = Api::namespaced(daemon, SYSTEM_NS);
         own.get("sec-prom-token").await.context("the provider's Secret")?;
         // Listed and watched in its own namespace only: the approvals listener's signing secrets.
-        own.list(&Default::default()).await.context("listing its own namespace's Secrets")?;
+        own.list(&Default::default())
+            .await
+            .context("listing its own namespace's Secrets")?;
         Ok(())
     };
     run.await.map_err(|e| {

@@ -151,7 +151,13 @@ pub(super) async fn api_command(
     }
     let policy = match app.policy(&ns, &name).await {
         Ok(Some(p)) => p,
-        Ok(None) => return fail(StatusCode::NOT_FOUND, "not-found", format!("no RolloutPolicy {ns}/{name}")),
+        Ok(None) => {
+            return fail(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no RolloutPolicy {ns}/{name}"),
+            );
+        }
         Err(e) => {
             let message = format!("reading RolloutPolicy {ns}/{name}: {e}");
             return fail(StatusCode::BAD_GATEWAY, "error", message);
@@ -165,7 +171,13 @@ pub(super) async fn api_command(
     let created = match app.create(&policy, &bound, named).await {
         Ok(Created::New(name)) => name,
         Ok(Created::Exists(c)) => c.name_any(), // a generated name: cannot happen
-        Err(e) => return fail(StatusCode::BAD_GATEWAY, "error", format!("creating the RolloutCommand: {e}")),
+        Err(e) => {
+            return fail(
+                StatusCode::BAD_GATEWAY,
+                "error",
+                format!("creating the RolloutCommand: {e}"),
+            );
+        }
     };
     info!(user = %username, %ns, policy = %name, command = kind.as_str(), rolloutcommand = %created, "approval API: command created");
     let outcome = app.wait_outcome(&ns, &created, OUTCOME_WAIT).await;
@@ -193,11 +205,16 @@ fn bind(policy: &RolloutPolicy, kind: CommandKind, pin: &Pin, on_behalf_of: Stri
         answer(StatusCode::CONFLICT, a)
     };
     if let Some(reason) = pin_mismatch(pin, &current) {
-        let message = format!("RolloutPolicy {ns}/{name} is now at {current}, not at the one the call names ({reason}); nothing done");
+        let message = format!(
+            "RolloutPolicy {ns}/{name} is now at {current}, not at the one the call names ({reason}); nothing done"
+        );
         return Err(refused(reason, message));
     }
     let Some(canary) = current.canary.clone() else {
-        let message = format!("RolloutPolicy {ns}/{name}: no rollout in progress, nothing to {}", kind.as_str());
+        let message = format!(
+            "RolloutPolicy {ns}/{name}: no rollout in progress, nothing to {}",
+            kind.as_str()
+        );
         return Err(refused("NoRollout", message));
     };
     Ok(Binding {

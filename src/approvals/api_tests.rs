@@ -55,9 +55,24 @@ fn pin_table() {
         ("nothing pinned", pin(None, None), at(Some("a"), Some(3)), None),
         ("both match", pin(Some("a"), Some(3)), at(Some("a"), Some(3)), None),
         ("step only", pin(None, Some(3)), at(Some("a"), Some(3)), None),
-        ("passed gate", pin(Some("a"), Some(1)), at(Some("a"), Some(3)), Some("WrongStep")),
-        ("older rollout", pin(Some("old"), Some(3)), at(Some("a"), Some(3)), Some("WrongCanary")),
-        ("step, no step now", pin(None, Some(1)), at(Some("a"), None), Some("WrongStep")),
+        (
+            "passed gate",
+            pin(Some("a"), Some(1)),
+            at(Some("a"), Some(3)),
+            Some("WrongStep"),
+        ),
+        (
+            "older rollout",
+            pin(Some("old"), Some(3)),
+            at(Some("a"), Some(3)),
+            Some("WrongCanary"),
+        ),
+        (
+            "step, no step now",
+            pin(None, Some(1)),
+            at(Some("a"), None),
+            Some("WrongStep"),
+        ),
         ("rollout over", pin(Some("a"), None), at(None, None), Some("NoRollout")),
         ("nothing pinned, none running", pin(None, None), at(None, None), None),
     ];
@@ -160,7 +175,8 @@ async fn a_current_pin_creates_the_command_bound_to_it() {
     assert_eq!((code, &a["result"]), (502, &json!("error")), "{a}");
     let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
     assert!(
-        seen.iter().any(|r| r == "POST /apis/canaryd.io/v1alpha1/namespaces/dev/rolloutcommands"),
+        seen.iter()
+            .any(|r| r == "POST /apis/canaryd.io/v1alpha1/namespaces/dev/rolloutcommands"),
         "{seen:?}"
     );
 }

@@ -204,9 +204,9 @@ impl Auth {
             .await
             .map_err(|e| Refused::Unavailable(format!("TokenReview failed: {e}")))?;
         Ok(match reviewed.status {
-            Some(s) if s.authenticated == Some(true) => s
-                .user
-                .filter(|u| u.username.as_deref().is_some_and(|n| !n.is_empty())),
+            Some(s) if s.authenticated == Some(true) => {
+                s.user.filter(|u| u.username.as_deref().is_some_and(|n| !n.is_empty()))
+            }
             _ => None,
         })
     }
@@ -222,7 +222,11 @@ impl Auth {
             return Ok(access);
         }
         let access = self.review_access(user, ns).await?;
-        let ttl = if access == Access::Allowed { ALLOWED_TTL } else { DENIED_TTL };
+        let ttl = if access == Access::Allowed {
+            ALLOWED_TTL
+        } else {
+            DENIED_TTL
+        };
         if let Ok(mut c) = self.access.lock() {
             c.put(key, access.clone(), ttl, Instant::now());
         }

@@ -64,7 +64,9 @@ async fn an_accepted_token_is_reviewed_once_while_cached() {
     });
     let path = answer_next(&mut server, token_review(Some("ci"))).await;
     assert_eq!(path.as_deref(), Some("/apis/authentication.k8s.io/v1/tokenreviews"));
-    let Ok((auth, user)) = first.await else { panic!("the task failed") };
+    let Ok((auth, user)) = first.await else {
+        panic!("the task failed")
+    };
     assert_eq!(user.ok().and_then(|u| u.username).as_deref(), Some("ci"));
     let again = auth.authenticate(&bearer("good"), ALICE).await;
     assert_eq!(again.ok().and_then(|u| u.username).as_deref(), Some("ci"));
@@ -81,12 +83,18 @@ async fn failures_are_throttled_per_source_before_any_review() {
     assert_eq!(first.await.ok(), Some(Err(Refused::BadToken)));
     // The same bad token again: refused from the cache, no review; each counts as a failure.
     for _ in 1..MAX_FAILURES {
-        assert_eq!(auth.authenticate(&bearer("bad-0"), MALLORY).await, Err(Refused::BadToken));
+        assert_eq!(
+            auth.authenticate(&bearer("bad-0"), MALLORY).await,
+            Err(Refused::BadToken)
+        );
     }
     assert!(silent(&mut server).await, "a cached refusal was reviewed again");
     // Over the budget: a new token from that address is not reviewed at all.
     let throttled = auth.authenticate(&bearer("bad-1"), MALLORY).await;
-    assert!(matches!(throttled, Err(Refused::TooManyFailures(s)) if s > 0 && s <= 60), "{throttled:?}");
+    assert!(
+        matches!(throttled, Err(Refused::TooManyFailures(s)) if s > 0 && s <= 60),
+        "{throttled:?}"
+    );
     assert!(silent(&mut server).await, "a throttled source cost a review");
     // Another address still gets its review; a missing token costs nothing and counts nothing.
     assert_eq!(auth.authenticate(&HeaderMap::new(), ALICE).await, Err(Refused::NoToken));
@@ -111,7 +119,10 @@ async fn a_huge_token_review_is_refused_and_not_held() {
     let Some(Err(Refused::Unavailable(why))) = refused else {
         panic!("a 10 MB TokenReview was accepted: {refused:?}")
     };
-    assert!(why.contains("TokenReview failed") && why.contains("larger than 262144 bytes"), "{why}");
+    assert!(
+        why.contains("TokenReview failed") && why.contains("larger than 262144 bytes"),
+        "{why}"
+    );
 }
 
 #[tokio::test]
@@ -123,8 +134,10 @@ async fn access_reviews_are_cached_allowed_and_denied() {
         ..Default::default()
     };
     let sar = |allowed: bool| {
-        serde_json::to_vec(&json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-            "spec": {}, "status": {"allowed": allowed, "reason": if allowed { "" } else { "no rule" }}}))
+        serde_json::to_vec(
+            &json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {}, "status": {"allowed": allowed, "reason": if allowed { "" } else { "no rule" }}}),
+        )
         .unwrap_or_default()
     };
     for (ns, allowed, want) in [
@@ -134,7 +147,10 @@ async fn access_reviews_are_cached_allowed_and_denied() {
         let (caller, u) = (auth.clone(), user.clone());
         let call = tokio::spawn(async move { caller.authorize(&u, ns).await });
         let path = answer_next(&mut server, sar(allowed)).await;
-        assert_eq!(path.as_deref(), Some("/apis/authorization.k8s.io/v1/subjectaccessreviews"));
+        assert_eq!(
+            path.as_deref(),
+            Some("/apis/authorization.k8s.io/v1/subjectaccessreviews")
+        );
         assert_eq!(call.await.ok(), Some(Ok(want.clone())));
         assert_eq!(auth.authorize(&user, ns).await, Ok(want));
         assert!(silent(&mut server).await, "a cached review was made again");

@@ -17,8 +17,8 @@ use tracing::{info, warn};
 use super::create::{Binding, Created, Naming};
 use super::keys::Known;
 use super::listener::Approvals;
-use crate::resources::command::{Outcome, RolloutCommand};
 use crate::approvals::slack::{self as interactivity, Click, Unverified};
+use crate::resources::command::{Outcome, RolloutCommand};
 use crate::resources::policy::RolloutPolicy;
 
 /// How long a click's outcome is waited for before saying it is not handled yet.
@@ -94,7 +94,10 @@ impl Approvals {
             Ok(None) => return format!("Nothing done: there is no RolloutPolicy {}/{}.", v.ns, v.policy),
             Err(e) => {
                 warn!(error = %e, "Slack interactivity: cannot read the policy");
-                return format!("Nothing done: cannot read RolloutPolicy {}/{} now; try again.", v.ns, v.policy);
+                return format!(
+                    "Nothing done: cannot read RolloutPolicy {}/{} now; try again.",
+                    v.ns, v.policy
+                );
             }
         };
         // A target only speaks for the policies that send to it.

@@ -17,9 +17,9 @@ use sha2::Sha256;
 use tower_test::mock::{self, Handle};
 
 use super::*;
-use crate::cache::slim::Decoded;
 use crate::approvals::api::tests::policy_json;
 use crate::approvals::keys::SlackKeys;
+use crate::cache::slim::Decoded;
 use crate::resources::target::NotificationTarget;
 
 type ApiServer = Handle<Request<Body>, Response<Body>>;
@@ -130,10 +130,17 @@ async fn a_verified_click_is_answered_before_the_api_server_is_asked() {
     let code = tokio::time::timeout(Duration::from_secs(1), send(app, click_request(&slack_url, SECRET))).await;
     assert_eq!(code.ok(), Some(200));
     // Then the click is carried out: the policy, the command, its outcome.
-    let Some((get, send_policy)) = next(&mut server).await else { panic!("no policy read") };
-    assert_eq!(get.uri().path(), "/apis/canaryd.io/v1alpha1/namespaces/dev/rolloutpolicies/app");
+    let Some((get, send_policy)) = next(&mut server).await else {
+        panic!("no policy read")
+    };
+    assert_eq!(
+        get.uri().path(),
+        "/apis/canaryd.io/v1alpha1/namespaces/dev/rolloutpolicies/app"
+    );
     reply(send_policy, 200, &policy_json());
-    let Some((create, send_created)) = next(&mut server).await else { panic!("no create") };
+    let Some((create, send_created)) = next(&mut server).await else {
+        panic!("no create")
+    };
     assert_eq!(create.method(), "POST");
     let mut command = json!({"apiVersion": "canaryd.io/v1alpha1", "kind": "RolloutCommand",
         "metadata": {"name": "app-slack-promote-x", "namespace": "dev"},
@@ -142,7 +149,9 @@ async fn a_verified_click_is_answered_before_the_api_server_is_asked() {
     reply(send_created, 201, &command);
     command["status"] = json!({"outcome": "Acted", "reason": "Acted", "message": "Progressing: step 4",
                                "at": "2026-01-01T00:00:00Z"});
-    let Some((_, send_outcome)) = next(&mut server).await else { panic!("no outcome read") };
+    let Some((_, send_outcome)) = next(&mut server).await else {
+        panic!("no outcome read")
+    };
     reply(send_outcome, 200, &command);
     let mut answer = None;
     for _ in 0..40 {
@@ -152,7 +161,9 @@ async fn a_verified_click_is_answered_before_the_api_server_is_asked() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let Some(answer) = answer else { panic!("nothing posted to response_url") };
+    let Some(answer) = answer else {
+        panic!("nothing posted to response_url")
+    };
     assert_eq!(answer["replace_original"], false);
     let text = answer["text"].as_str().unwrap_or_default();
     assert!(text.starts_with("Done: promote of dev/app by <@U1>"), "{text}");

@@ -15,8 +15,8 @@ use tracing::warn;
 
 use crate::cache::WatchBackoff;
 use crate::cache::slim::Decoded;
-use crate::resources::target::{NotificationTarget, SlackTarget};
 use crate::resources::policy::SecretKeyRef;
+use crate::resources::target::{NotificationTarget, SlackTarget};
 
 /// How long a request waits for the first lists after a start before answering 503.
 const READY_WAIT: Duration = Duration::from_secs(2);
@@ -76,9 +76,8 @@ impl SlackKeys {
 
     /// Every Slack target with a non-empty signing secret. One bad target never hides the others.
     pub async fn known(&self) -> Result<Vec<Known>, NotReady> {
-        let ready = async {
-            self.targets.wait_until_ready().await.is_ok() && self.secrets.wait_until_ready().await.is_ok()
-        };
+        let ready =
+            async { self.targets.wait_until_ready().await.is_ok() && self.secrets.wait_until_ready().await.is_ok() };
         if !tokio::time::timeout(READY_WAIT, ready).await.unwrap_or(false) {
             return Err(NotReady);
         }
