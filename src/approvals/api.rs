@@ -165,7 +165,7 @@ pub(super) async fn api_command(
     };
     let bound = match bind(&policy, kind, &pin, username.clone()) {
         Ok(b) => b,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let named = Naming::Generate(format!("{name}-{}-", kind.as_str()));
     let created = match app.create(&policy, &bound, named).await {
@@ -186,7 +186,7 @@ pub(super) async fn api_command(
 }
 
 /// The command for the rollout as it is now, if the caller's pin names it.
-fn bind(policy: &RolloutPolicy, kind: CommandKind, pin: &Pin, on_behalf_of: String) -> Result<Binding, Response> {
+fn bind(policy: &RolloutPolicy, kind: CommandKind, pin: &Pin, on_behalf_of: String) -> Result<Binding, Box<Response>> {
     let status = policy.status.clone().unwrap_or_default();
     let current = Current {
         canary: status.canary.as_ref().map(|c| c.template_hash.clone()),
@@ -202,7 +202,7 @@ fn bind(policy: &RolloutPolicy, kind: CommandKind, pin: &Pin, on_behalf_of: Stri
             current: Some(current.clone()),
             ..Default::default()
         };
-        answer(StatusCode::CONFLICT, a)
+        Box::new(answer(StatusCode::CONFLICT, a))
     };
     if let Some(reason) = pin_mismatch(pin, &current) {
         let message = format!(
