@@ -34,6 +34,12 @@ struct Target {
     /// Do not wait for the daemon to acknowledge the command.
     #[arg(long)]
     no_wait: bool,
+    /// Act only if the rollout is still at this canary (`status.canary.templateHash`, as printed).
+    #[arg(long)]
+    canary: Option<String>,
+    /// Act only if the rollout is still at this step (`status.step`, as printed).
+    #[arg(long)]
+    step: Option<u32>,
 }
 
 #[derive(clap::Args)]
@@ -262,15 +268,24 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Resume { target } => (target, CommandKind::Resume),
         Command::Retry { target } => (target, CommandKind::Retry),
     };
+    steer(target, kind).await
+}
+
+/// `promote`, `abort`, …: a RolloutCommand bound to the rollout as it is (or as pinned), then its outcome.
+async fn steer(target: Target, kind: CommandKind) -> anyhow::Result<ExitCode> {
     let client = client().await?;
     let ns = target
         .namespace
         .unwrap_or_else(|| client.default_namespace().to_string());
-    let command = cli::send(&client, &ns, &target.name, kind)
+    let pin = canaryd::approvals::api::Pin {
+        canary: target.canary,
+        step: target.step,
+    };
+    let (command, bound) = cli::send(&client, &ns, &target.name, kind, &pin)
         .await
         .with_context(|| format!("sending {} to RolloutPolicy {ns}/{}", kind.as_str(), target.name))?;
     println!(
-        "{} sent to {ns}/{} (RolloutCommand {command})",
+        "{} sent to {ns}/{} at {bound} (RolloutCommand {command})",
         kind.as_str(),
         target.name
     );
@@ -325,22 +340,9 @@ async fn run(
         leader::request_timeout(election.lease_duration, election.renew_deadline(), election.api_timeout)?;
     let client = client().await?;
     let api = api_client(request_timeout).await?;
-    // Both replicas serve approvals: they only create commands, which the leader carries out.
-    let approvals = match approvals_listen {
-        Some(addr) => Some(serve_approvals(&client, addr, &options).await?),
-        None => None,
-    };
     let metrics = Arc::new(canaryd::metrics::Metrics::default());
     let health = Arc::new(Health::new(stuck_timeout));
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "serving /metrics /healthz /readyz");
-    // First line on stdout: where to scrape (scripts and tests read it when --listen ends in :0).
-    println!("listening on {addr}");
-    let app = canaryd::health::router(metrics.clone(), health.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = serve_health(listen, &metrics, &health).await?;
     // A standby fills its caches too: it is ready, and takes over without a cold start.
     let (wake, woken) = canaryd::controller::wake_channel();
     let caches = Caches::start(
@@ -350,6 +352,11 @@ async fn run(
         metrics.clone(),
         wake.clone(),
     );
+    // Both replicas serve approvals: they only create commands, which the leader carries out.
+    let approvals = match approvals_listen {
+        Some(addr) => Some(serve_approvals(&client, addr, &options, &caches).await?),
+        None => None,
+    };
     let parts = |leader| Parts {
         caches,
         wake,
@@ -397,25 +404,41 @@ async fn run(
     result
 }
 
+/// `/metrics`, `/healthz`, `/readyz` on `listen`.
+async fn serve_health(
+    listen: SocketAddr,
+    metrics: &Arc<canaryd::metrics::Metrics>,
+    health: &Arc<Health>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "serving /metrics /healthz /readyz");
+    // First line on stdout: where to scrape (scripts and tests read it when --listen ends in :0).
+    println!("listening on {addr}");
+    let app = canaryd::health::router(metrics.clone(), health.clone());
+    Ok(tokio::spawn(async move { axum::serve(listener, app).await }))
+}
+
 async fn serve_approvals(
     client: &kube::Client,
     addr: SocketAddr,
     options: &Options,
+    caches: &Caches,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let identity = cli::whoami(client)
         .await
         .context("the approvals listener needs the daemon's own user name (SelfSubjectReview)")?;
-    let approvals = canaryd::approvals::api::Approvals::new(
-        client.clone(),
-        identity,
-        options.namespace.clone(),
-        options.secrets_namespace.clone(),
-    )?;
+    // Signing secrets from memory: a forged click costs the API server nothing.
+    let keys = canaryd::approvals::keys::SlackKeys::start(client, &options.secrets_namespace, caches.targets.clone());
+    let approvals =
+        canaryd::approvals::listener::Approvals::new(client.clone(), identity, options.namespace.clone(), keys)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving the approval API and /slack/interactivity");
-    let app = canaryd::approvals::api::router(approvals);
-    Ok(tokio::spawn(canaryd::approvals::api::serve(listener, app)))
+    let app = canaryd::approvals::listener::router(approvals);
+    Ok(tokio::spawn(canaryd::approvals::listener::serve(listener, app)))
 }

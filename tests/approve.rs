@@ -85,11 +85,26 @@ async fn commands(seed: &Seed) -> Result<Vec<RolloutCommand>> {
 
 /// POST to the approval API; returns (HTTP status, JSON answer).
 async fn api_call(url: &str, ns: &str, policy: &str, command: &str, token: Option<&str>) -> Result<(u16, Value)> {
+    api_call_with(url, ns, policy, command, token, None).await
+}
+
+/// The same, with a JSON body (`canary` and `step` pins).
+async fn api_call_with(
+    url: &str,
+    ns: &str,
+    policy: &str,
+    command: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Result<(u16, Value)> {
     let mut req = reqwest::Client::new().post(format!(
         "{url}/api/v1/namespaces/{ns}/rolloutpolicies/{policy}/{command}"
     ));
     if let Some(t) = token {
         req = req.bearer_auth(t);
+    }
+    if let Some(body) = body {
+        req = req.json(body);
     }
     let resp = req.send().await?;
     let code = resp.status().as_u16();
@@ -139,7 +154,7 @@ async fn approval_api_acts_only_for_a_token_that_may_promote() -> Result<()> {
         ensure(commands(&seed).await?.is_empty(), "a refused call created a command")?;
 
         // rollout-approver (the CLI's permission): acted, and the rollout passes the gate.
-        fixture::approver_kubeconfig(&seed, "ci").await?;
+        let ci_kubeconfig = fixture::approver_kubeconfig(&seed, "ci").await?;
         let ci = support::token_for(ns, "ci").await?;
         let user = format!("system:serviceaccount:{ns}:ci");
         let p = seed.policy(POLICY).await?;
@@ -169,11 +184,29 @@ async fn approval_api_acts_only_for_a_token_that_may_promote() -> Result<()> {
             format!("commands: {all:?}"),
         )?;
 
-        // The last gate, then nothing left to approve: said so, and no command is created.
-        let (code, a) = api_call(&url, ns, POLICY, "promote", Some(&ci)).await?;
+        // A delayed call pinned to the passed gate (or another canary): 409 with the current values,
+        // no command. Two calls in a row cost one TokenReview (cached). Pinned to the current: acts.
+        let hash = canary_hash(&seed.policy(POLICY).await?);
+        pinned_calls_meet_the_gate_they_name(&url, &seed, &ci, &hash).await?;
+        // The CLI pins the same way, and says where the rollout is now.
+        let (ok, out) = fixture::cli(&ci_kubeconfig, &["promote", POLICY, "-n", ns, "--step", "1"]).await?;
+        ensure(
+            !ok && out.contains(&format!("is now at canary {hash} step 3")) && out.contains("WrongStep"),
+            format!("canaryd promote --step 1 at step 3: {out}"),
+        )?;
+        ensure(commands(&seed).await?.len() == 1, "a refused pin created a command")?;
+        let (code, a) = api_call_with(
+            &url,
+            ns,
+            POLICY,
+            "promote",
+            Some(&ci),
+            Some(&json!({"canary": hash, "step": 3})),
+        )
+        .await?;
         ensure(
             code == 200 && a["result"] == "acted",
-            format!("second gate: {code} {a}"),
+            format!("second gate, pinned: {code} {a}"),
         )?;
         seed.wait_policy(POLICY, "Succeeded", T, |p| phase(p) == Phase::Succeeded)
             .await?;
@@ -196,9 +229,115 @@ async fn approval_api_acts_only_for_a_token_that_may_promote() -> Result<()> {
         // Nobody but the daemon may say whom a command is for.
         let client = support::client_with_token(&ci).await?;
         forged_on_behalf_is_refused(&seed, client, &user).await?;
-        Ok(())
+
+        // Last (it throttles this address): bad tokens cost at most one TokenReview.
+        bad_tokens_cost_the_api_server_nothing(&url, ns).await
     };
     run.await.map_err(|e| fixture::fail_with_logs(&daemon, e))
+}
+
+/// The rollout waits at step 3 of canary `hash`; `ci` may promote.
+async fn pinned_calls_meet_the_gate_they_name(url: &str, seed: &Seed, ci: &str, hash: &str) -> Result<()> {
+    let ns = seed.ns.as_str();
+    let mark = audit_mark().await?;
+    let stale = json!({"canary": hash, "step": 1});
+    let (code, a) = api_call_with(url, ns, POLICY, "promote", Some(ci), Some(&stale)).await?;
+    ensure(
+        code == 409
+            && a["result"] == "nothing-to-approve"
+            && a["reason"] == "WrongStep"
+            && a["current"]["canary"] == hash
+            && a["current"]["step"] == 3,
+        format!("pinned to step 1 at step 3: {code} {a}"),
+    )?;
+    let other = json!({"canary": "0123456789abcdef", "step": 3});
+    let (code, a) = api_call_with(url, ns, POLICY, "promote", Some(ci), Some(&other)).await?;
+    ensure(
+        code == 409 && a["reason"] == "WrongCanary" && a["current"]["canary"] == hash && a["current"]["step"] == 3,
+        format!("pinned to another canary: {code} {a}"),
+    )?;
+    let reviews = audited(mark, |e| is_review_of(e, ci)).await?;
+    ensure(
+        reviews <= 1,
+        format!("two calls with one token: {reviews} TokenReviews"),
+    )?;
+    // What a pin may be: a JSON object with `canary` (string) and `step` (number), nothing else.
+    for (body, what) in [
+        (json!({"step": "3"}), "a step that is not a number"),
+        (json!({"canary": hash, "step": 3, "gate": 1}), "an unknown field"),
+        (json!({"step": -1}), "a negative step"),
+    ] {
+        let (code, a) = api_call_with(url, ns, POLICY, "promote", Some(ci), Some(&body)).await?;
+        ensure(
+            code == 400 && a["result"] == "bad-request",
+            format!("{what}: {code} {a}"),
+        )?;
+    }
+    Ok(())
+}
+
+async fn bad_tokens_cost_the_api_server_nothing(url: &str, ns: &str) -> Result<()> {
+    let marker = format!("bad-{ns}-");
+    let mark = audit_mark().await?;
+    let mut codes = BTreeMap::<u16, u32>::new();
+    // The same bad token again and again, then a new one each time.
+    for i in 0..40 {
+        let token = if i < 20 {
+            format!("{marker}same")
+        } else {
+            format!("{marker}{i}")
+        };
+        let (code, _) = api_call(url, ns, POLICY, "promote", Some(&token)).await?;
+        *codes.entry(code).or_default() += 1;
+    }
+    let reviews = audited(mark, |e| is_review_of(e, &marker)).await?;
+    ensure(
+        reviews <= 1 && codes.get(&429).is_some_and(|&n| n >= 20) && codes.keys().all(|&c| c == 401 || c == 429),
+        format!("40 bad tokens: {reviews} TokenReviews, answers {codes:?}"),
+    )?;
+    let (code, a) = api_call(url, ns, POLICY, "promote", Some(&format!("{marker}last"))).await?;
+    ensure(
+        code == 429 && a["result"] == "too-many-failures",
+        format!("after the failures: {code} {a}"),
+    )
+}
+
+/// The number of audited requests so far: count what comes after it with [`audited`].
+async fn audit_mark() -> Result<usize> {
+    Ok(audit_events().await?.len())
+}
+
+/// How many requests the API server audited since `mark` match `wanted`.
+async fn audited(mark: usize, wanted: impl Fn(&Value) -> bool) -> Result<usize> {
+    // The log is written as each request completes: give the last ones a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(audit_events().await?.iter().skip(mark).filter(|e| wanted(e)).count())
+}
+
+async fn audit_events() -> Result<Vec<Value>> {
+    let path = support::control_plane().await?.audit_log();
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .collect())
+}
+
+/// A TokenReview of a token starting with `token`.
+fn is_review_of(e: &Value, token: &str) -> bool {
+    e["objectRef"]["resource"] == "tokenreviews"
+        && e["requestObject"]["spec"]["token"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(token))
+}
+
+/// A read of Secret `name` in the daemon's namespace.
+fn is_secret_read(e: &Value, name: &str) -> bool {
+    e["objectRef"]["resource"] == "secrets"
+        && e["objectRef"]["namespace"] == SYSTEM_NS
+        && e["objectRef"]["name"] == name
+        && e["user"]["username"] == DAEMON
 }
 
 async fn slow_headers_are_cut_off(url: &str) -> Result<()> {
@@ -257,11 +396,28 @@ async fn forged_on_behalf_is_refused(seed: &Seed, client: Client, user: &str) ->
 
 // ---- Slack ----------------------------------------------------------------------------------------
 
+/// Fresh, well-formed but wrongly signed clicks read no signing secret: the targets and their
+/// secrets are in the daemon's caches. (`unused` is a target no policy sends to: the notifier never
+/// reads its Secret, so every read of it would be the listener's.)
+async fn bad_signatures_cost_the_api_server_nothing(clicker: &Clicker, c: &Click, unused: &SlackApp) -> Result<()> {
+    let mark = audit_mark().await?;
+    for i in 0..20 {
+        let ts = now().to_string();
+        let sig = signature(&format!("guess-{i}"), &ts, &c.body)?;
+        let (code, _) = clicker.send(c, Some(&ts), Some(&sig)).await?;
+        ensure(code == 401, format!("bad signature {i}: {code}"))?;
+    }
+    let reads = audited(mark, |e| is_secret_read(e, &unused.target)).await?;
+    ensure(reads == 0, format!("20 badly signed clicks read {reads} Secrets"))
+}
+
 /// A stand-in for Slack: `usergroups.users.list` (group S1 has UGROUP) and `response_url`s, recorded.
 #[derive(Clone, Default)]
 struct StandIn {
     answers: Arc<Mutex<BTreeMap<String, Vec<Value>>>>,
     group_calls: Arc<Mutex<u32>>,
+    /// How long `usergroups.users.list` takes to answer.
+    group_delay: Arc<Mutex<Duration>>,
 }
 
 async fn usergroup_members(
@@ -272,6 +428,8 @@ async fn usergroup_members(
     if let Ok(mut n) = s.group_calls.lock() {
         *n += 1;
     }
+    let delay = s.group_delay.lock().map(|d| *d).unwrap_or_default();
+    tokio::time::sleep(delay).await;
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
     if auth != Some(&format!("Bearer {BOT_TOKEN}")) {
         return axum::Json(json!({"ok": false, "error": "invalid_auth"}));
@@ -505,6 +663,7 @@ async fn slack_approve_promotes_once_and_everything_else_does_nothing() -> Resul
             .send(&big, Some(&ts), Some(&signature(&team.secret, &ts, &big.body)?))
             .await?;
         ensure(code == 413, format!("a 100 KiB body: {code}"))?;
+        bad_signatures_cost_the_api_server_nothing(&clicker, &c, &other).await?;
 
         // Another target's signed click, by a user that target allows: the policy does not send there.
         let elsewhere = json!({"ns": seed.ns, "policy": POLICY, "canary": hash, "step": 1, "target": other.target});
@@ -594,12 +753,25 @@ async fn slack_approve_promotes_once_and_everything_else_does_nothing() -> Resul
         .await
         .with_context(|| standby.logs(40))?;
         clicker.url = standby_url;
-        let text = clicker
-            .signed(
-                &team,
-                &clicker.click("UGROUP", promote, &value(&team, &seed, &hash, 3))?,
-            )
+        // Slack's group lookup takes 5 s: Slack still has its answer within 3 s, and the outcome
+        // follows at response_url.
+        *clicker
+            .slack
+            .group_delay
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))? = Duration::from_secs(5);
+        let slow = clicker.click("UGROUP", promote, &value(&team, &seed, &hash, 3))?;
+        let ts = now().to_string();
+        let started = std::time::Instant::now();
+        let (code, _) = clicker
+            .send(&slow, Some(&ts), Some(&signature(&team.secret, &ts, &slow.body)?))
             .await?;
+        let took = started.elapsed();
+        ensure(
+            code == 200 && took < Duration::from_secs(3),
+            format!("a click with a 5 s group lookup: {code} after {took:?}"),
+        )?;
+        let text = clicker.answer(&slow).await?;
         ensure(text.starts_with("Done"), format!("group member: {text}"))?;
         seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 0), ("v2", 100)], T)
             .await?;

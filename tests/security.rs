@@ -419,8 +419,16 @@ async fn credentials_go_only_to_the_address_their_provider_names() -> Result<()>
             Err(kube::Error::Api(s)) if s.code == 403 => {}
             other => bail!("the daemon read a Secret outside its namespace: {other:?}"),
         }
+        match theirs.list(&Default::default()).await {
+            Err(kube::Error::Api(s)) if s.code == 403 => {}
+            other => bail!("the daemon listed Secrets outside its namespace: {other:?}"),
+        }
         let own: Api<Secret> = Api::namespaced(daemon, SYSTEM_NS);
         own.get("sec-prom-token").await.context("the provider's Secret")?;
+        // Listed and watched in its own namespace only: the approvals listener's signing secrets.
+        own.list(&Default::default())
+            .await
+            .context("listing its own namespace's Secrets")?;
         Ok(())
     };
     run.await.map_err(|e| {

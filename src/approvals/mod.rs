@@ -3,5 +3,10 @@
 
 pub mod admission;
 pub mod api;
+pub mod auth;
 pub mod button;
+mod click;
+mod create;
+pub mod keys;
+pub mod listener;
 pub mod slack;

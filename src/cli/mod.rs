@@ -12,6 +12,7 @@ use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 
+use crate::approvals::api::{Current, Pin, pin_mismatch};
 use crate::resources::command::{CommandKind, RolloutCommand, RolloutCommandSpec, RolloutCommandStatus};
 use crate::resources::policy::RolloutPolicy;
 
@@ -25,6 +26,8 @@ pub enum CliError {
     NoRollout(String, &'static str),
     #[error("the API server did not say who you are (SelfSubjectReview); a command records its requester")]
     NoIdentity,
+    #[error("RolloutPolicy {0} is now at {1}, not at the one given ({2}); nothing sent")]
+    Moved(String, Current, &'static str),
 }
 
 /// The requester's identity as the API server sees it; None when not allowed.
@@ -37,13 +40,27 @@ pub async fn whoami(client: &Client) -> Option<String> {
     review.status?.user_info?.username
 }
 
-/// Create a RolloutCommand bound to the policy's current canary and step; returns its name.
-/// It belongs to the policy (ownerReference), so it goes when the policy goes.
-pub async fn send(client: &Client, namespace: &str, name: &str, kind: CommandKind) -> Result<String, CliError> {
+/// Create a RolloutCommand bound to the policy's current canary and step, if `pin` names them;
+/// returns its name and what it is bound to. It belongs to the policy (ownerReference), so it goes
+/// when the policy goes.
+pub async fn send(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    kind: CommandKind,
+    pin: &Pin,
+) -> Result<(String, Current), CliError> {
     let policy = Api::<RolloutPolicy>::namespaced(client.clone(), namespace)
         .get(name)
         .await?;
     let status = policy.status.clone().unwrap_or_default();
+    let current = Current {
+        canary: status.canary.as_ref().map(|c| c.template_hash.clone()),
+        step: status.step,
+    };
+    if let Some(reason) = pin_mismatch(pin, &current) {
+        return Err(CliError::Moved(format!("{namespace}/{name}"), current, reason));
+    }
     let canary = status
         .canary
         .as_ref()
@@ -72,7 +89,7 @@ pub async fn send(client: &Client, namespace: &str, name: &str, kind: CommandKin
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
-    Ok(api.create(&pp, &command).await?.name_any())
+    Ok((api.create(&pp, &command).await?.name_any(), current))
 }
 
 /// Wait until the daemon has written the command's outcome.

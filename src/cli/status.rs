@@ -116,6 +116,10 @@ pub fn detail(p: &RolloutPolicy) -> String {
     if let Some(a) = &st.pending_approval {
         let _ = writeln!(out, "  waits  {a}");
     }
+    // What a bot or a script pins, so that a late command does not pass a later gate.
+    if let (Some(c), Some(step)) = (&st.canary, st.step) {
+        let _ = writeln!(out, "  pin    --canary {} --step {step}", c.template_hash);
+    }
     if let Some(h) = &st.schedule {
         let _ = writeln!(out, "  hold   {}", schedule_hold(h));
     }

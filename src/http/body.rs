@@ -29,3 +29,26 @@ pub async fn read_capped<E>(
     }
     Ok(body)
 }
+
+/// [`read_capped`] for any HTTP body (e.g. an answer read through kube's client with `send`).
+pub async fn read_capped_body<B>(body: B, max: usize) -> Result<Vec<u8>, BodyError>
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes>,
+    B::Error: std::fmt::Display,
+{
+    if body.size_hint().lower() > max as u64 {
+        return Err(BodyError::TooLarge(max));
+    }
+    let mut body = std::pin::pin!(body);
+    let mut read = Vec::new();
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame = frame.map_err(|e| BodyError::Transport(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if read.len() + data.len() > max {
+                return Err(BodyError::TooLarge(max));
+            }
+            read.extend_from_slice(&data);
+        }
+    }
+    Ok(read)
+}

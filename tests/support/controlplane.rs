@@ -88,6 +88,12 @@ impl ControlPlane {
         &self.dir
     }
 
+    /// The API server's audit log (JSON lines): Secret reads, NotificationTarget reads, TokenReviews
+    /// and SubjectAccessReviews, the latter two with their request bodies.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
     /// How long the start (binaries, etcd, apiserver, CRDs) took.
     pub fn startup_time(&self) -> Duration {
         self.startup
@@ -140,6 +146,7 @@ impl ControlPlane {
         let token = random_token()?;
         let tokens = dir.join("tokens.csv");
         std::fs::write(&tokens, format!("{token},admin,admin,\"system:masters\"\n")).context("writing tokens.csv")?;
+        std::fs::write(dir.join("audit-policy.yaml"), AUDIT_POLICY).context("writing audit-policy.yaml")?;
 
         let mut api = Command::new(bin_dir.join("kube-apiserver"));
         api.args(apiserver_flags(&dir, &etcd_url, api_port));
@@ -386,8 +393,28 @@ fn apiserver_flags(dir: &Path, etcd_url: &str, port: u16) -> Vec<String> {
         "--disable-admission-plugins=ServiceAccount".into(),
         "--endpoint-reconciler-type=none".into(),
         "--profiling=false".into(),
+        format!("--audit-policy-file={}", path("audit-policy.yaml")),
+        format!("--audit-log-path={}", path("audit.log")),
+        "--audit-log-format=json".into(),
     ]
 }
+
+/// What the audit log records: only the requests whose cost tests count (credential reads, token
+/// and access reviews, target lists), so that it stays small.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Request
+    resources:
+      - {group: authentication.k8s.io, resources: [tokenreviews]}
+      - {group: authorization.k8s.io, resources: [subjectaccessreviews]}
+  - level: Metadata
+    resources:
+      - {group: \"\", resources: [secrets]}
+      - {group: canaryd.io, resources: [notificationtargets]}
+  - level: None
+";
 
 fn kubeconfig_yaml(server: &str, token: &str) -> String {
     format!(
