@@ -7,19 +7,20 @@
 mod fixture;
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use canaryd::policy::types::{Phase, RolloutPolicy};
 use fixture::analysis::{POLICY, VS, message, phase};
 use fixture::{Seed, ensure, seed, start_daemon};
+use serde_json::Value;
 use support::LoadTester;
 
 const T: Duration = Duration::from_secs(60);
 
 /// The seed policy with `steps`, and `webhooks` (YAML list items, indented by 4) as `spec.webhooks`.
-fn with_webhooks(seed: &Seed, steps: &str, webhooks: &str) -> Result<String> {
-    let base = seed.policy_yaml();
+fn with_webhooks(base: &str, steps: &str, webhooks: &str) -> Result<String> {
     let start = base.find("  steps:\n").context("steps")?;
     let end = base.find("  progressDeadline").context("progressDeadline")?;
     Ok(format!(
@@ -57,7 +58,7 @@ async fn the_load_testers_gate_holds_confirm_rollout_and_confirm_promotion_until
             lt.url("/gate/check")
         );
         let steps = "    - weight: 10\n    - pause: {duration: 4s}\n    - weight: 100\n";
-        seed.apply(&with_webhooks(&seed, steps, &hooks)?).await?;
+        seed.apply(&with_webhooks(&seed.policy_yaml(), steps, &hooks)?).await?;
         let p = seed
             .wait_policy(POLICY, "held at confirm-rollout", T, |p| {
                 gate(p).as_deref() == Some("confirm-rollout")
@@ -117,7 +118,7 @@ async fn passing_bash_and_cmd_checks_run_their_commands_and_gate_approve_promote
             load = load.display(),
         );
         let steps = "    - weight: 10\n    - pause: {duration: 3s}\n    - weight: 100\n";
-        seed.apply(&with_webhooks(&seed, steps, &hooks)?).await?;
+        seed.apply(&with_webhooks(&seed.policy_yaml(), steps, &hooks)?).await?;
         seed.wait_weights(&seed.vs_ns, VS, 1, &[("v1", 90), ("v2", 10)], T)
             .await?;
         ensure(pre.exists(), "the pre-rollout bash command did not run before traffic")?;
@@ -152,7 +153,7 @@ async fn a_failing_bash_pre_rollout_check_rolls_back_before_any_traffic() -> Res
             lt.url("/")
         );
         let steps = "    - weight: 10\n    - weight: 100\n";
-        seed.apply(&with_webhooks(&seed, steps, &hooks)?).await?;
+        seed.apply(&with_webhooks(&seed.policy_yaml(), steps, &hooks)?).await?;
         let p = seed
             .wait_policy(POLICY, "RolledBack", T, |p| phase(p) == Phase::RolledBack)
             .await?;
@@ -193,7 +194,7 @@ async fn a_failing_bash_rollout_check_rolls_back_a_canary_with_traffic() -> Resu
             broken.display()
         );
         let steps = "    - weight: 10\n    - pause: {}\n    - weight: 100\n";
-        seed.apply(&with_webhooks(&seed, steps, &hooks)?).await?;
+        seed.apply(&with_webhooks(&seed.policy_yaml(), steps, &hooks)?).await?;
         seed.wait_policy(POLICY, "WaitingForApproval", T, |p| {
             phase(p) == Phase::WaitingForApproval
         })
@@ -226,7 +227,7 @@ async fn the_load_testers_rollback_switch_rolls_back_within_seconds() -> Result<
             lt.url("/rollback/check")
         );
         let steps = "    - weight: 10\n    - pause: {}\n    - weight: 100\n";
-        seed.apply(&with_webhooks(&seed, steps, &hooks)?).await?;
+        seed.apply(&with_webhooks(&seed.policy_yaml(), steps, &hooks)?).await?;
         seed.wait_policy(POLICY, "WaitingForApproval", T, |p| {
             phase(p) == Phase::WaitingForApproval
         })
@@ -251,6 +252,144 @@ async fn the_load_testers_rollback_switch_rolls_back_within_seconds() -> Result<
         ensure(
             message(&p).contains("rollback webhook rollback answered HTTP 200"),
             message(&p),
+        )?;
+        Ok(())
+    };
+    run.await.map_err(|e| fixture::fail_with_logs(&daemon, e))
+}
+
+/// A Flagger `analysis.webhooks` list as Flagger's docs (docs/gitbook/usage/webhooks.md, v1.44.0)
+/// write it: a muted gate, a `bash` acceptance test, a load test with no `type` (Flagger's default:
+/// rollout), a promotion gate, a rollback switch and an event hook with `retries`.
+const FLAGGER_WEBHOOKS: &str = r#"    webhooks:
+      - name: "gate"
+        type: confirm-rollout
+        url: http://flagger-loadtester.test/gate/approve
+        muteAlert: true
+      - name: acceptance-test
+        type: pre-rollout
+        url: http://flagger-loadtester.test/
+        timeout: 30s
+        metadata:
+          type: bash
+          cmd: "curl -sd 'test' http://podinfo-canary:9898/token | grep token"
+      - name: load-test
+        url: http://flagger-loadtester.test/
+        timeout: 5s
+        metadata:
+          cmd: "hey -z 1m -q 10 -c 2 http://podinfo-canary.test:9898/"
+      - name: "promotion gate"
+        type: confirm-promotion
+        url: http://flagger-loadtester.test/gate/approve
+      - name: "rollback gate"
+        type: rollback
+        url: http://flagger-loadtester.test/rollback/check
+      - name: "send to Slack"
+        type: event
+        url: http://event-recevier.notifications/slack
+        retries: 3
+        metadata:
+          environment: "test"
+          cluster: "flagger-test"
+"#;
+
+/// The seed policy with Flagger's list pasted under `spec:` as is (only its `analysis:` parent is
+/// not: canaryd's webhooks sit in `spec.webhooks`).
+fn flagger_policy(base: &str, steps: &str, hosts: &[(&str, &str)]) -> Result<String> {
+    let list = FLAGGER_WEBHOOKS
+        .strip_prefix("    webhooks:\n")
+        .context("list")?;
+    let list = hosts.iter().fold(list.to_string(), |l, (from, to)| l.replace(from, to));
+    with_webhooks(base, steps, &list)
+}
+
+#[test]
+fn a_flagger_webhooks_list_copied_unchanged_decodes_and_validates() -> Result<()> {
+    use canaryd::gates::webhook::HookType;
+    let base = fixture::seed_yaml("rolloutpolicy.yaml", "dev", "default");
+    let yaml = flagger_policy(&base, "    - weight: 10\n    - weight: 100\n", &[])?;
+    let p: RolloutPolicy = serde_saphyr::from_str(&yaml)?;
+    let errors = canaryd::policy::validate::validate_spec(&p.spec);
+    ensure(errors.is_empty(), format!("{errors:?}"))?;
+    let hooks = &p.spec.webhooks;
+    ensure(hooks.len() == 6, format!("{hooks:?}"))?;
+    let load = hooks.iter().find(|h| h.name == "load-test").context("load-test")?;
+    ensure(load.type_ == HookType::Rollout, format!("{load:?}"))?;
+    let gate = &hooks[0];
+    ensure(gate.mute_alert && gate.type_ == HookType::ConfirmRollout, format!("{gate:?}"))?;
+    let slack = hooks.iter().find(|h| h.name == "send to Slack").context("event")?;
+    ensure(slack.retries == 3 && !slack.disable_tls, format!("{slack:?}"))?;
+    Ok(())
+}
+
+/// An HTTP receiver that records every POST body and answers `token` (what the acceptance test greps).
+async fn recorder() -> Result<(String, Arc<Mutex<Vec<(String, Value)>>>)> {
+    let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(axum::routing::post(
+        move |uri: axum::http::Uri, body: axum::body::Bytes| {
+            let log = log.clone();
+            async move {
+                let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                log.lock().unwrap_or_else(|e| e.into_inner()).push((uri.path().to_string(), value));
+                "token"
+            }
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((base, seen))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flagger_webhooks_list_copied_unchanged_runs_against_the_load_tester() -> Result<()> {
+    let seed = seed("fl-copied").await?;
+    let lt = LoadTester::start().await?;
+    let (other, seen) = recorder().await?;
+    let daemon = start_daemon(&seed.ns).await?;
+    let run = async {
+        // Only the hosts change: the load tester, the canary the acceptance test curls, the event sink.
+        let lt_base = lt.url("");
+        let hosts = [
+            ("http://flagger-loadtester.test", lt_base.as_str()),
+            ("http://podinfo-canary:9898", other.as_str()),
+            ("http://event-recevier.notifications", other.as_str()),
+        ];
+        let steps = "    - weight: 10\n    - pause: {duration: 2s}\n    - weight: 100\n";
+        seed.apply(&flagger_policy(&seed.policy_yaml(), steps, &hosts)?)
+            .await?;
+        let p = seed
+            .wait_policy(POLICY, "Succeeded", T, |p| phase(p) == Phase::Succeeded)
+            .await?;
+        ensure(
+            !reasons(&p).iter().any(|r| r.starts_with("Webhook")),
+            format!("{:?}", reasons(&p)),
+        )?;
+        let bodies = |path: &str| -> Vec<Value> {
+            let all = seen.lock().unwrap_or_else(|e| e.into_inner());
+            all.iter().filter(|(p, _)| p == path).map(|(_, b)| b.clone()).collect()
+        };
+        ensure(!bodies("/token").is_empty(), "the bash acceptance test did not curl the canary")?;
+        // The untyped hook ran as a rollout hook: the load tester started its command.
+        ensure(lt.log().contains("hey -z 1m"), lt.log())?;
+        // Event hooks carry Flagger's event fields inside `metadata`, next to the hook's own.
+        let events = support::wait_until("the Succeeded event", T, async || {
+            let events = bodies("/slack");
+            Ok(events.iter().any(|e| e["phase"] == "Succeeded").then_some(events))
+        })
+        .await?;
+        let last = events.last().context("an event")?;
+        ensure(
+            last["name"] == POLICY
+                && last["namespace"] == seed.ns.as_str()
+                && last["checksum"].as_str().is_some_and(|c| !c.is_empty())
+                && last["metadata"]["eventType"] == "Normal"
+                && last["metadata"]["eventMessage"].as_str().is_some_and(|m| !m.is_empty())
+                && last["metadata"]["timestamp"].as_str().is_some_and(|t| t.parse::<u64>().is_ok())
+                && last["metadata"]["environment"] == "test"
+                && last["metadata"]["cluster"] == "flagger-test",
+            format!("event payload: {last}"),
         )?;
         Ok(())
     };
