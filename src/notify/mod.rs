@@ -104,9 +104,9 @@ pub fn validate_notifications(spec: &RolloutPolicySpec) -> Vec<String> {
     errors
 }
 
-/// Whether `n` wants transition `t`: no filter, or its reason or phase is listed.
+/// Whether `n` wants transition `t`: not muted, and no filter, or its reason or phase is listed.
 pub fn wants(n: &Notification, t: &Transition) -> bool {
-    n.events.is_empty() || n.events.iter().any(|e| *e == t.reason || e == t.phase.as_str())
+    !t.muted && (n.events.is_empty() || n.events.iter().any(|e| *e == t.reason || e == t.phase.as_str()))
 }
 
 /// How many transitions before `history[i]` share its instant.
@@ -694,6 +694,7 @@ mod tests {
             canary_weight: 0,
             reason: reason.into(),
             message: String::new(),
+            muted: false,
         }
     }
 
