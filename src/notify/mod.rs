@@ -725,6 +725,19 @@ mod tests {
     }
 
     #[test]
+    fn a_muted_transition_goes_to_no_target() {
+        let mut wait = t(1, "WaitingForWebhook");
+        let all: Notification =
+            serde_json::from_value(serde_json::json!({"target": "x"})).unwrap_or_else(|e| panic!("{e}"));
+        let listed: Notification =
+            serde_json::from_value(serde_json::json!({"target": "x", "events": ["WaitingForWebhook"]}))
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert!(wants(&all, &wait) && wants(&listed, &wait));
+        wait.muted = true;
+        assert!(!wants(&all, &wait) && !wants(&listed, &wait));
+    }
+
+    #[test]
     fn events_filter_by_reason_or_phase() {
         let n = |events: &[&str]| Notification {
             target: "t".into(),

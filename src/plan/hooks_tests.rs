@@ -411,3 +411,60 @@ fn an_invalid_policy_calls_no_hook_neither_wanted_nor_fired() {
     assert_eq!(fresh.status.phase, Phase::Invalid);
     assert!(p.hooks.is_empty() && p.fire.is_empty(), "{:?} {:?}", p.hooks, p.fire);
 }
+
+#[test]
+fn event_hooks_get_flaggers_event_fields_and_every_hook_a_checksum() {
+    let mut log = hook("log", HookType::Event, 0);
+    log.metadata.insert("eventType".into(), "mine".into());
+    let mut sim = with(vec![log], vec![w(10), w(100)]);
+    let mut fired = Vec::new();
+    for _ in 0..10 {
+        fired.extend(sim.step().fire);
+    }
+    assert_eq!(sim.status.phase, Phase::Succeeded);
+    let started = fired.first().map(|c| c.payload.clone()).unwrap_or_default();
+    let hash = sim
+        .obs
+        .canary
+        .as_ref()
+        .map(|d| d.template_hash.clone())
+        .unwrap_or_default();
+    assert!(!hash.is_empty());
+    assert_eq!(started.checksum, hash, "the canary's template hash during a rollout");
+    let promoted = fired.last().map(|c| c.payload.clone()).unwrap_or_default();
+    assert_eq!(promoted.reason, "Promoted");
+    assert_eq!(
+        promoted.checksum, hash,
+        "the promoted (now stable) version's hash after it"
+    );
+    let meta = |k: &str| promoted.metadata.get(k).cloned().unwrap_or_default();
+    assert_eq!(meta("eventType"), "Normal", "Flagger's fields win over the hook's own");
+    assert_eq!(meta("eventMessage"), promoted.message);
+    assert_eq!(meta("timestamp"), sim.now.as_millisecond().to_string());
+    assert_eq!(meta("cmd"), "smoke", "the hook's own metadata is kept");
+}
+
+#[test]
+fn a_muted_gate_is_not_for_notification_targets() {
+    for mute in [false, true] {
+        let mut gate = hook("gate", HookType::ConfirmRollout, 0);
+        gate.mute_alert = mute;
+        let mut sim = with(vec![gate], vec![w(10), w(100)]);
+        sim.settle();
+        let waits: Vec<bool> = sim
+            .status
+            .history
+            .iter()
+            .filter(|t| t.reason == "WaitingForWebhook")
+            .map(|t| t.muted)
+            .collect();
+        assert_eq!(waits, vec![mute]);
+        assert!(
+            sim.status
+                .history
+                .iter()
+                .filter(|t| t.reason != "WaitingForWebhook")
+                .all(|t| !t.muted)
+        );
+    }
+}

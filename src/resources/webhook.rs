@@ -269,4 +269,39 @@ mod tests {
         assert_eq!(path.as_deref(), Some("[1].type"), "{err:?}");
         assert!(err.is_some_and(|e| e.to_string().contains("confirm-rollout")));
     }
+
+    #[test]
+    fn flaggers_fields_decode_with_flaggers_defaults_and_wrong_types_name_the_field() {
+        let decode = |v: serde_json::Value| serde_path_to_error::deserialize::<_, Vec<Webhook>>(v);
+        let hooks = decode(serde_json::json!([
+            {"name": "load", "url": "http://x/"},
+            {"name": "gate", "type": "confirm-rollout", "url": "https://x/", "muteAlert": true,
+             "disableTLS": true, "retries": 3}
+        ]));
+        let hooks = hooks.ok().unwrap_or_default();
+        let got: Vec<_> = hooks
+            .iter()
+            .map(|h| (h.type_, h.retries, h.mute_alert, h.disable_tls))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (HookType::Rollout, 0, false, false),
+                (HookType::ConfirmRollout, 3, true, true)
+            ]
+        );
+        for (field, value) in [
+            ("muteAlert", serde_json::json!("yes")),
+            ("disableTLS", serde_json::json!(1)),
+            ("retries", serde_json::json!(-1)),
+            ("retries", serde_json::json!(4_294_967_296u64)),
+            ("disableTls", serde_json::json!(true)),
+        ] {
+            let mut hook = serde_json::json!({"name": "x", "url": "http://x/"});
+            hook[field] = value;
+            let err = decode(serde_json::json!([hook])).err();
+            let path = err.as_ref().map(|e| e.path().to_string());
+            assert_eq!(path, Some(format!("[0].{field}")), "{field}: {err:?}");
+        }
+    }
 }
