@@ -296,9 +296,7 @@ const FLAGGER_WEBHOOKS: &str = r#"    webhooks:
 /// The seed policy with Flagger's list pasted under `spec:` as is (only its `analysis:` parent is
 /// not: canaryd's webhooks sit in `spec.webhooks`).
 fn flagger_policy(base: &str, steps: &str, hosts: &[(&str, &str)]) -> Result<String> {
-    let list = FLAGGER_WEBHOOKS
-        .strip_prefix("    webhooks:\n")
-        .context("list")?;
+    let list = FLAGGER_WEBHOOKS.strip_prefix("    webhooks:\n").context("list")?;
     let list = hosts.iter().fold(list.to_string(), |l, (from, to)| l.replace(from, to));
     with_webhooks(base, steps, &list)
 }
@@ -316,7 +314,10 @@ fn a_flagger_webhooks_list_copied_unchanged_decodes_and_validates() -> Result<()
     let load = hooks.iter().find(|h| h.name == "load-test").context("load-test")?;
     ensure(load.type_ == HookType::Rollout, format!("{load:?}"))?;
     let gate = &hooks[0];
-    ensure(gate.mute_alert && gate.type_ == HookType::ConfirmRollout, format!("{gate:?}"))?;
+    ensure(
+        gate.mute_alert && gate.type_ == HookType::ConfirmRollout,
+        format!("{gate:?}"),
+    )?;
     let slack = hooks.iter().find(|h| h.name == "send to Slack").context("event")?;
     ensure(slack.retries == 3 && !slack.disable_tls, format!("{slack:?}"))?;
     Ok(())
@@ -331,7 +332,9 @@ async fn recorder() -> Result<(String, Arc<Mutex<Vec<(String, Value)>>>)> {
             let log = log.clone();
             async move {
                 let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                log.lock().unwrap_or_else(|e| e.into_inner()).push((uri.path().to_string(), value));
+                log.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((uri.path().to_string(), value));
                 "token"
             }
         },
@@ -357,8 +360,7 @@ async fn a_flagger_webhooks_list_copied_unchanged_runs_against_the_load_tester()
             ("http://event-recevier.notifications", other.as_str()),
         ];
         let steps = "    - weight: 10\n    - pause: {duration: 2s}\n    - weight: 100\n";
-        seed.apply(&flagger_policy(&seed.policy_yaml(), steps, &hosts)?)
-            .await?;
+        seed.apply(&flagger_policy(&seed.policy_yaml(), steps, &hosts)?).await?;
         let p = seed
             .wait_policy(POLICY, "Succeeded", T, |p| phase(p) == Phase::Succeeded)
             .await?;
@@ -370,7 +372,10 @@ async fn a_flagger_webhooks_list_copied_unchanged_runs_against_the_load_tester()
             let all = seen.lock().unwrap_or_else(|e| e.into_inner());
             all.iter().filter(|(p, _)| p == path).map(|(_, b)| b.clone()).collect()
         };
-        ensure(!bodies("/token").is_empty(), "the bash acceptance test did not curl the canary")?;
+        ensure(
+            !bodies("/token").is_empty(),
+            "the bash acceptance test did not curl the canary",
+        )?;
         // The untyped hook ran as a rollout hook: the load tester started its command.
         ensure(lt.log().contains("hey -z 1m"), lt.log())?;
         // Event hooks carry Flagger's event fields inside `metadata`, next to the hook's own.
@@ -386,7 +391,9 @@ async fn a_flagger_webhooks_list_copied_unchanged_runs_against_the_load_tester()
                 && last["checksum"].as_str().is_some_and(|c| !c.is_empty())
                 && last["metadata"]["eventType"] == "Normal"
                 && last["metadata"]["eventMessage"].as_str().is_some_and(|m| !m.is_empty())
-                && last["metadata"]["timestamp"].as_str().is_some_and(|t| t.parse::<u64>().is_ok())
+                && last["metadata"]["timestamp"]
+                    .as_str()
+                    .is_some_and(|t| t.parse::<u64>().is_ok())
                 && last["metadata"]["environment"] == "test"
                 && last["metadata"]["cluster"] == "flagger-test",
             format!("event payload: {last}"),
