@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use canaryd::policy::types::{Phase, RolloutPolicy};
+use canaryd::resources::policy::{Phase, RolloutPolicy};
 use fixture::analysis::{POLICY, VS, message, phase};
 use fixture::{Seed, ensure, seed, start_daemon};
 use serde_json::Value;
@@ -303,7 +303,7 @@ fn flagger_policy(base: &str, steps: &str, hosts: &[(&str, &str)]) -> Result<Str
 
 #[test]
 fn a_flagger_webhooks_list_copied_unchanged_decodes_and_validates() -> Result<()> {
-    use canaryd::gates::webhook::HookType;
+    use canaryd::resources::webhook::HookType;
     let base = fixture::seed_yaml("rolloutpolicy.yaml", "dev", "default");
     let yaml = flagger_policy(&base, "    - weight: 10\n    - weight: 100\n", &[])?;
     let p: RolloutPolicy = serde_saphyr::from_str(&yaml)?;
