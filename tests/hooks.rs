@@ -271,7 +271,7 @@ async fn pre_rollout_failures_roll_back_and_post_rollout_failures_change_nothing
             .await?;
         let m = message(&p);
         ensure(
-            m.contains("pre-rollout webhook smoke failed 2 time(s) in a row (retries 1): HTTP 500"),
+            m.contains("pre-rollout webhook smoke failed: HTTP 500 (after 1 retries); 1 failed webhook call(s)"),
             format!("message: {m}"),
         )?;
         ensure(

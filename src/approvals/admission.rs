@@ -105,6 +105,7 @@ mod tests {
                 deployment: "app-v2".into(),
                 template_hash: h.into(),
                 halted: None,
+                ..Default::default()
             }),
             step,
             ..Default::default()

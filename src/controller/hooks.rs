@@ -35,6 +35,11 @@ pub fn addressed(
         let mut call = fill(policy, versions, call);
         if let Some(r) = call.hook.bearer_token_secret.clone() {
             call.credential = match tokens.0.get(&r.name) {
+                // A token goes only where the server's certificate is verified.
+                _ if call.hook.disable_tls => Credential::Refused(format!(
+                    "bearer token Secret {}: not sent to a hook with disableTLS",
+                    r.name
+                )),
                 Some(Ok(secret)) => {
                     let policy_ns = call.payload.namespace.clone();
                     credential(secret, &r, &call.hook.url, secrets_namespace, (&policy_ns, labels))

@@ -18,7 +18,7 @@ use jiff::Timestamp;
 use tracing::{debug, warn};
 
 use crate::fence::LeaderGuard;
-use crate::resources::webhook::{Credential, HookAnswer, HookCall};
+use crate::resources::webhook::{Bearer, Credential, HookAnswer, HookCall};
 
 /// How often the runner looks for due calls.
 const TICK: Duration = Duration::from_millis(100);
@@ -38,6 +38,8 @@ pub struct Runner {
     policies: Mutex<HashMap<Key, Policy>>,
     queues: Mutex<HashMap<Key, UnboundedSender<HookCall>>>,
     http: reqwest::Client,
+    /// For hooks with `disableTLS` (Flagger's meaning: the certificate is not verified).
+    unverified: reqwest::Client,
     wake: UnboundedSender<Key>,
     leader: LeaderGuard,
 }
@@ -46,16 +48,20 @@ impl Runner {
     /// `connect_timeout`: a request that could not be sent by then is given up, so none lands long
     /// after the leadership check made just before it.
     pub fn new(wake: UnboundedSender<Key>, leader: LeaderGuard, connect_timeout: Duration) -> crate::Result<Self> {
-        let http = reqwest::Client::builder()
-            // A hook's answer is its own status code, never a redirect target's.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(connect_timeout)
-            .build()
-            .map_err(|e| crate::Error::Action(format!("webhook client: {e}")))?;
+        let client = |verify: bool| {
+            reqwest::Client::builder()
+                // A hook's answer is its own status code, never a redirect target's.
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(connect_timeout)
+                .tls_danger_accept_invalid_certs(!verify)
+                .build()
+                .map_err(|e| crate::Error::Action(format!("webhook client: {e}")))
+        };
         Ok(Self {
             policies: Mutex::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
-            http,
+            http: client(true)?,
+            unverified: client(false)?,
             wake,
             leader,
         })
@@ -184,36 +190,79 @@ impl Runner {
         let _ = self.wake.unbounded_send(key);
     }
 
-    /// POST the payload; (2xx, what it said), or None when not sent because this replica does not lead.
+    /// POST the payload, retried up to `retries` times as Flagger's client does; (200-202, what it
+    /// said), or None when not sent because this replica does not lead.
     async fn call(&self, call: &HookCall) -> Option<(bool, String)> {
-        let mut request = self
-            .http
-            .post(&call.hook.url)
-            .timeout(call.hook.timeout)
-            .json(&call.payload);
-        match &call.credential {
-            Credential::None => {}
-            Credential::Bearer(token) => request = request.bearer_auth(&token.0),
+        let token = match &call.credential {
+            Credential::None => None,
+            Credential::Bearer(token) => Some(token),
             Credential::Refused(why) => return Some((false, why.clone())),
+        };
+        let mut retried = 0;
+        loop {
+            // Immediately before each request: past its renew deadline, a replica sends nothing.
+            if !self.leader.may_write() {
+                return None;
+            }
+            let (ok, detail, retry_after) = self.attempt(call, token).await;
+            let Some(wait) = retry_after.filter(|_| retried < call.hook.retries) else {
+                let detail = match retried {
+                    0 => detail,
+                    n => format!("{detail} (after {n} retries)"),
+                };
+                return Some((ok, detail));
+            };
+            tokio::time::sleep(wait.unwrap_or_else(|| backoff(retried))).await;
+            retried += 1;
         }
-        // Immediately before the request: past its renew deadline, a replica sends nothing.
-        if !self.leader.may_write() {
-            return None;
+    }
+
+    /// One request: (200-202, what it said, whether to retry and after how long if it said).
+    async fn attempt(&self, call: &HookCall, token: Option<&Bearer>) -> (bool, String, Option<Option<Duration>>) {
+        let http = if call.hook.disable_tls {
+            &self.unverified
+        } else {
+            &self.http
+        };
+        let mut request = http.post(&call.hook.url).timeout(call.hook.timeout).json(&call.payload);
+        if let Some(token) = token {
+            request = request.bearer_auth(&token.0);
         }
-        let sent = request.send().await;
-        Some(match sent {
+        match request.send().await {
             Ok(resp) => {
-                let status = resp.status();
-                (status.is_success(), format!("HTTP {}", status.as_u16()))
+                let status = resp.status().as_u16();
+                let retry = (status == 429 || (status >= 500 && status != 501)).then(|| retry_after(&resp));
+                ((200..=202).contains(&status), format!("HTTP {status}"), retry)
             }
             Err(e) if e.is_timeout() => (
                 false,
                 format!("timed out after {}", humantime::format_duration(call.hook.timeout)),
+                Some(None),
             ),
-            Err(e) if e.is_connect() => (false, "connection failed".into()),
-            Err(e) => (false, format!("request failed: {}", redact(e))),
-        })
+            Err(e) if e.is_connect() => (false, "connection failed".into(), Some(None)),
+            Err(e) => (false, format!("request failed: {}", redact(e)), None),
+        }
     }
+}
+
+/// Flagger's client (go-retryablehttp): 1 s, 2 s, 4 s … between attempts, at most 30 s.
+fn backoff(retried: u32) -> Duration {
+    Duration::from_secs(1u64 << retried.min(5)).min(MAX_BACKOFF)
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A `Retry-After` in seconds, at most 30 s.
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let secs = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(MAX_BACKOFF))
 }
 
 /// Never echo a URL's query (it may carry a token) in status or logs.
@@ -233,6 +282,10 @@ fn is_due(call: &HookCall, answer: Option<&HookAnswer>, now: Timestamp) -> bool 
     }
     crate::plan::duration_between(a.at, now) >= call.hook.interval
 }
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod flagger_tests;
 
 #[cfg(test)]
 mod tests {
@@ -298,6 +351,12 @@ mod tests {
         runner.want(key.clone(), vec![call(&url, "confirm-rollout")]);
         runner.fire(&key, vec![call(&url, "event")]);
         until(&count, 2).await;
+        for _ in 0..100 {
+            if !runner.latest(&key).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(runner.latest(&key).len(), 1, "the gate's answer is kept");
 
         tokio::time::sleep(Duration::from_millis(500)).await; // past the renew deadline

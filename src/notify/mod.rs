@@ -69,9 +69,9 @@ pub fn validate_notifications(spec: &RolloutPolicySpec) -> Vec<String> {
     errors
 }
 
-/// Whether `n` wants transition `t`: no filter, or its reason or phase is listed.
+/// Whether `n` wants transition `t`: not muted, and no filter, or its reason or phase is listed.
 pub fn wants(n: &Notification, t: &Transition) -> bool {
-    n.events.is_empty() || n.events.iter().any(|e| *e == t.reason || e == t.phase.as_str())
+    !t.muted && (n.events.is_empty() || n.events.iter().any(|e| *e == t.reason || e == t.phase.as_str()))
 }
 
 /// A credential read from a Secret: never printed.
@@ -504,6 +504,19 @@ mod tests {
     use super::progress::tests::t;
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_muted_transition_goes_to_no_target() {
+        let mut wait = t(1, "WaitingForWebhook");
+        let all: Notification =
+            serde_json::from_value(serde_json::json!({"target": "x"})).unwrap_or_else(|e| panic!("{e}"));
+        let listed: Notification =
+            serde_json::from_value(serde_json::json!({"target": "x", "events": ["WaitingForWebhook"]}))
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert!(wants(&all, &wait) && wants(&listed, &wait));
+        wait.muted = true;
+        assert!(!wants(&all, &wait) && !wants(&listed, &wait));
+    }
 
     #[test]
     fn events_filter_by_reason_or_phase() {

@@ -121,6 +121,7 @@ pub(super) mod tests {
             canary_weight: 0,
             reason: reason.into(),
             message: String::new(),
+            muted: false,
         }
     }
 

@@ -73,6 +73,7 @@ fn status(phase: Phase, halted: Option<Phase>, canary_hpa: bool) -> RolloutPolic
             deployment: "app-v2".into(),
             template_hash: "h1".into(),
             halted,
+            ..Default::default()
         }),
         stable_weight: 50,
         canary_weight: 50,

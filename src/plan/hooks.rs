@@ -1,7 +1,7 @@
 //! Webhook gates in the planner: which hooks the current state wants asked, and what their newest
 //! answers (observed, bound to this rollout's step) mean. No HTTP here: the runner makes the calls.
 
-use super::Planner;
+use super::{EventType, Planner};
 use crate::resources::policy::{Phase, RolloutPolicyStatus, VersionRef};
 use crate::resources::reason::Reason;
 use crate::resources::webhook::{
@@ -43,10 +43,13 @@ impl Planner<'_> {
     }
 
     /// While a rollout is in progress: rollback hooks are asked every interval (a 2xx rolls back),
-    /// and rollout hooks while the canary has traffic (more than `retries` failures in a row roll
-    /// back). True when a rollback was decided.
+    /// and rollout hooks while the canary has traffic; failed pre-rollout and rollout calls count
+    /// against the failure limit. True when a rollback was decided.
     pub(super) fn watch_hooks(&mut self) -> bool {
         let binding = self.binding();
+        if self.count_hook_failures(&binding) {
+            return true;
+        }
         for hook in self.hooks_of(HookType::Rollback) {
             self.want(&hook, &binding, true);
             if let Some(a) = self.answer(&hook, &binding).filter(|a| a.ok) {
@@ -60,13 +63,51 @@ impl Planner<'_> {
         }
         for hook in self.hooks_of(HookType::Rollout) {
             self.want(&hook, &binding, true);
-            if let Some(a) = self.answer(&hook, &binding).filter(|a| a.failures > hook.retries) {
-                let cause = failed(&hook, a);
-                self.halt(Phase::RolledBack, WEBHOOK_FAILED, cause);
-                return true;
-            }
         }
         false
+    }
+
+    /// Counts each new failed answer of a pre-rollout or rollout hook once (in status), as Flagger
+    /// counts them with failed checks against the analysis threshold; rolls back at the limit
+    /// (`spec.analysis.failureLimit`, or 1 without analysis, Flagger's default).
+    fn count_hook_failures(&mut self, binding: &str) -> bool {
+        let Some(counted) = self.st.canary.as_ref().map(|c| c.webhook_failure_at) else {
+            return false;
+        };
+        let mut newest: Option<(Webhook, HookAnswer)> = None;
+        let mut new_failures = 0;
+        for hook in self.spec.webhooks.iter().filter(|h| counts_failures(h.type_)) {
+            let Some(a) = self
+                .answer(hook, binding)
+                .filter(|a| !a.ok && counted.is_none_or(|c| a.at > c))
+            else {
+                continue;
+            };
+            new_failures += 1;
+            if newest.as_ref().is_none_or(|(_, n)| a.at > n.at) {
+                newest = Some((hook.clone(), a.clone()));
+            }
+        }
+        let Some(c) = self.st.canary.as_mut() else {
+            return false;
+        };
+        if let Some((_, a)) = &newest {
+            c.webhook_failures = c.webhook_failures.saturating_add(new_failures);
+            c.webhook_failure_at = Some(a.at);
+        }
+        let hooks = c.webhook_failures;
+        let checks = self.st.analysis.as_ref().map_or(0, |a| a.failures);
+        let limit = self.spec.analysis.as_ref().map_or(1, |a| a.failure_limit);
+        if hooks == 0 || hooks.saturating_add(checks) < limit {
+            return false;
+        }
+        let last = newest.map_or_else(String::new, |(h, a)| {
+            format!("{} webhook {} failed: {}; ", h.type_, h.name, a.detail)
+        });
+        let cause =
+            format!("{last}{hooks} failed webhook call(s) and {checks} failed check(s) reach failureLimit {limit}");
+        self.halt(Phase::RolledBack, WEBHOOK_FAILED, cause);
+        true
     }
 
     /// Before raising the canary to `weight`, the gates in Flagger's order: confirm-rollout and
@@ -98,10 +139,6 @@ impl Planner<'_> {
                 let answer = self.answer(&hook, &binding).cloned();
                 match answer {
                     Some(a) if a.ok => {}
-                    Some(a) if type_ == HookType::PreRollout && a.failures > hook.retries => {
-                        self.halt(Phase::RolledBack, WEBHOOK_FAILED, failed(&hook, &a));
-                        return true;
-                    }
                     a => {
                         if waiting.is_none() {
                             waiting = Some((hook, a));
@@ -142,16 +179,23 @@ impl Planner<'_> {
                 canary.subset, self.st.canary_weight, hook.type_, hook.name
             ),
         );
+        if let Some(t) = self.st.history.last_mut().filter(|t| t.reason == WAITING_FOR_WEBHOOK) {
+            t.muted = hook.mute_alert;
+        }
         self.requeue = Some(hook.interval);
     }
 
-    /// `event` hooks on every transition; `post-rollout` hooks when a rollout ends.
-    pub(super) fn fire_hooks(&mut self, phase: Phase) {
+    /// `event` hooks on every transition (with Flagger's event fields in `metadata`);
+    /// `post-rollout` hooks when a rollout ends.
+    pub(super) fn fire_hooks(&mut self, phase: Phase, event_type: EventType) {
         let end = matches!(phase, Phase::Succeeded | Phase::RolledBack | Phase::Aborted);
         let binding = format!("{}/{}", self.binding(), self.st.history.len());
         for hook in &self.spec.webhooks {
             if hook.type_ == HookType::Event || (end && hook.type_ == HookType::PostRollout) {
-                let payload = self.payload(hook);
+                let mut payload = self.payload(hook);
+                if hook.type_ == HookType::Event {
+                    event_fields(&mut payload, event_type, self.now);
+                }
                 self.fire.push(HookCall {
                     hook: hook.clone(),
                     binding: binding.clone(),
@@ -171,6 +215,7 @@ impl Planner<'_> {
             hook: hook.name.clone(),
             type_: hook.type_.as_str().into(),
             phase: self.st.phase.as_str().into(),
+            checksum: self.checksum(),
             step: self.st.step,
             stable_weight: self.st.stable_weight,
             canary_weight: self.st.canary_weight,
@@ -191,6 +236,21 @@ impl Planner<'_> {
             metadata: hook.metadata.clone(),
             ..Default::default()
         }
+    }
+
+    /// The canary's pod-template hash; with no rollout in progress, the stable Deployment's.
+    fn checksum(&self) -> String {
+        if let Some(c) = &self.st.canary {
+            return c.template_hash.clone();
+        }
+        let stable = self.st.stable.as_ref().unwrap_or(&self.spec.stable);
+        let promoted = self
+            .spec
+            .canary
+            .as_ref()
+            .is_some_and(|c| c.deployment == stable.deployment);
+        let dep = if promoted { &self.obs.canary } else { &self.obs.stable };
+        dep.as_ref().map(|d| d.template_hash.clone()).unwrap_or_default()
     }
 
     /// The wanted hooks as calls, with the payload of the status this reconcile ends with.
@@ -218,9 +278,21 @@ pub(super) fn binding(st: &RolloutPolicyStatus) -> String {
     format!("{hash}/{step}/{started}")
 }
 
-fn failed(hook: &Webhook, a: &HookAnswer) -> String {
-    format!(
-        "{} webhook {} failed {} time(s) in a row (retries {}): {}",
-        hook.type_, hook.name, a.failures, hook.retries, a.detail
-    )
+/// The hook types whose failed calls Flagger counts as failed checks (its scheduler's
+/// runPreRolloutHooks and runAnalysis); confirm hooks only wait, post-rollout and event only log.
+pub fn counts_failures(type_: HookType) -> bool {
+    matches!(type_, HookType::PreRollout | HookType::Rollout)
+}
+
+/// Flagger's event fields, which take precedence over the hook's own `metadata` keys.
+fn event_fields(payload: &mut Payload, event_type: EventType, now: jiff::Timestamp) {
+    let kind = match event_type {
+        EventType::Normal => "Normal",
+        EventType::Warning => "Warning",
+    };
+    payload.metadata.insert("eventMessage".into(), payload.message.clone());
+    payload.metadata.insert("eventType".into(), kind.into());
+    payload
+        .metadata
+        .insert("timestamp".into(), now.as_millisecond().to_string());
 }

@@ -18,6 +18,8 @@ fn hook(name: &str, type_: HookType, retries: u32) -> Webhook {
         interval: Duration::from_secs(5),
         metadata: [("cmd".to_string(), "smoke".to_string())].into(),
         bearer_token_secret: None,
+        mute_alert: false,
+        disable_tls: false,
     }
 }
 
@@ -113,26 +115,64 @@ fn confirm_rollout_waits_for_a_yes_for_this_rollout_before_any_traffic() {
 }
 
 #[test]
-fn pre_rollout_failures_count_and_one_past_retries_rolls_back_naming_the_hook() {
-    let mut sim = with(vec![hook("smoke", HookType::PreRollout, 1)], vec![w(10), w(100)]);
-    sim.settle();
-    sim.answer("smoke", false, 1);
-    sim.settle();
-    assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::Progressing, 0));
-    sim.answer("smoke", false, 2);
-    let p = sim.step();
-    assert_eq!(sim.status.phase, Phase::RollingBack, "recorded before traffic moves");
-    assert!(weight_actions(&p).is_empty());
-    assert_eq!(reason(&sim.status), "WebhookFailed");
-    assert!(
-        sim.status
-            .message
-            .as_deref()
-            .unwrap_or("")
-            .contains("pre-rollout webhook smoke failed 2")
-    );
-    sim.settle();
-    assert_eq!(sim.status.phase, Phase::RolledBack);
+fn pre_rollout_failures_count_against_the_failure_limit_and_roll_back_naming_the_hook() {
+    // (analysis failureLimit, failed answers before the rollback): Flagger's threshold, default 1.
+    for (limit, fails) in [(None, 1), (Some(1), 1), (Some(3), 3)] {
+        let mut sim = with(vec![hook("smoke", HookType::PreRollout, 1)], vec![w(10), w(100)]);
+        sim.spec.analysis = limit.map(|l| analysis(l, 10, ProviderErrorAction::Pause));
+        sim.settle();
+        for n in 1..fails {
+            sim.advance(5);
+            sim.answer("smoke", false, n);
+            sim.settle();
+            sim.settle(); // an answer counts once
+            assert_eq!(
+                (sim.status.phase, sim.canary_weight()),
+                (Phase::Progressing, 0),
+                "{limit:?}"
+            );
+            let counted = sim.status.canary.as_ref().map(|c| c.webhook_failures);
+            assert_eq!(counted, Some(n), "{limit:?}");
+        }
+        sim.advance(5);
+        sim.answer("smoke", false, fails);
+        let p = sim.step();
+        assert_eq!(
+            sim.status.phase,
+            Phase::RollingBack,
+            "{limit:?}: recorded before traffic moves"
+        );
+        assert!(weight_actions(&p).is_empty());
+        assert_eq!(reason(&sim.status), "WebhookFailed");
+        let message = sim.status.message.clone().unwrap_or_default();
+        let want = format!("pre-rollout webhook smoke failed: HTTP 503; {fails} failed webhook call(s)");
+        assert!(message.contains(&want), "{message}");
+        sim.settle();
+        assert_eq!(sim.status.phase, Phase::RolledBack);
+    }
+}
+
+#[test]
+fn confirm_hook_failures_never_count() {
+    for type_ in [
+        HookType::ConfirmRollout,
+        HookType::ConfirmPromotion,
+        HookType::ConfirmTrafficIncrease,
+    ] {
+        let mut sim = with(vec![hook("gate", type_, 0)], vec![w(10), w(50), w(100)]);
+        for n in 1..5 {
+            sim.settle();
+            sim.advance(5);
+            sim.answer("gate", false, n);
+        }
+        sim.settle();
+        assert_eq!(sim.status.phase, Phase::Progressing, "{type_}");
+        assert_eq!(
+            sim.status.canary.as_ref().map(|c| c.webhook_failures),
+            Some(0),
+            "{type_}"
+        );
+    }
 }
 
 #[test]
@@ -223,12 +263,13 @@ fn confirm_promotion_holds_before_100_while_analysis_still_rolls_back() {
 }
 
 #[test]
-fn rollout_hooks_gate_increases_like_a_check_and_roll_back_past_retries() {
+fn rollout_hooks_gate_increases_like_a_check_and_one_failure_rolls_back_by_default() {
     let mut sim = with(vec![hook("load", HookType::Rollout, 1)], vec![w(10), w(50), w(100)]);
     let p = sim.settle();
     assert_eq!(sim.canary_weight(), 10);
     assert!(wanted(&p).contains(&("load".to_string(), true)));
-    sim.answer("load", false, 1);
+    // No answer yet: the increase waits for one.
+    sim.advance(20);
     sim.settle();
     assert_eq!(
         (sim.canary_weight(), reason(&sim.status)),
@@ -237,10 +278,40 @@ fn rollout_hooks_gate_increases_like_a_check_and_roll_back_past_retries() {
     sim.answer("load", true, 0);
     sim.settle();
     assert_eq!(sim.canary_weight(), 50);
-    sim.answer("load", false, 2);
+    sim.advance(5);
+    sim.answer("load", false, 1);
     sim.settle();
     assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::RolledBack, 0));
     assert!(sim.status.history.iter().any(|t| t.reason == "WebhookFailed"));
+}
+
+#[test]
+fn rollout_hook_failures_and_failed_checks_add_up_to_the_failure_limit() {
+    let mut sim = with(vec![hook("load", HookType::Rollout, 0)], vec![w(10), w(50), w(100)]);
+    sim.spec.analysis = Some(analysis(2, 10, ProviderErrorAction::Pause));
+    sim.settle();
+    assert_eq!(sim.canary_weight(), 10);
+    sim.advance(1);
+    sim.answer("load", false, 1);
+    sim.settle();
+    sim.settle();
+    assert_eq!(sim.status.canary.as_ref().map(|c| c.webhook_failures), Some(1));
+    // A yes and a passing check move on; the failed call still counts (as in Flagger).
+    sim.answer("load", true, 0);
+    sim.check(Verdict::Pass);
+    sim.settle();
+    assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::Progressing, 50));
+    sim.check(Verdict::Fail);
+    sim.settle();
+    assert_eq!((sim.status.phase, sim.canary_weight()), (Phase::RolledBack, 0));
+    let rollback = sim.status.history.iter().find(|t| t.reason == "WebhookFailed");
+    assert!(
+        rollback.is_some_and(|t| t
+            .message
+            .contains("1 failed webhook call(s) and 1 failed check(s) reach failureLimit 2")),
+        "{:?}",
+        sim.status.history
+    );
 }
 
 #[test]
@@ -340,4 +411,61 @@ fn an_invalid_policy_calls_no_hook_neither_wanted_nor_fired() {
     let p = fresh.step();
     assert_eq!(fresh.status.phase, Phase::Invalid);
     assert!(p.hooks.is_empty() && p.fire.is_empty(), "{:?} {:?}", p.hooks, p.fire);
+}
+
+#[test]
+fn event_hooks_get_flaggers_event_fields_and_every_hook_a_checksum() {
+    let mut log = hook("log", HookType::Event, 0);
+    log.metadata.insert("eventType".into(), "mine".into());
+    let mut sim = with(vec![log], vec![w(10), w(100)]);
+    let mut fired = Vec::new();
+    for _ in 0..10 {
+        fired.extend(sim.step().fire);
+    }
+    assert_eq!(sim.status.phase, Phase::Succeeded);
+    let started = fired.first().map(|c| c.payload.clone()).unwrap_or_default();
+    let hash = sim
+        .obs
+        .canary
+        .as_ref()
+        .map(|d| d.template_hash.clone())
+        .unwrap_or_default();
+    assert!(!hash.is_empty());
+    assert_eq!(started.checksum, hash, "the canary's template hash during a rollout");
+    let promoted = fired.last().map(|c| c.payload.clone()).unwrap_or_default();
+    assert_eq!(promoted.reason, "Promoted");
+    assert_eq!(
+        promoted.checksum, hash,
+        "the promoted (now stable) version's hash after it"
+    );
+    let meta = |k: &str| promoted.metadata.get(k).cloned().unwrap_or_default();
+    assert_eq!(meta("eventType"), "Normal", "Flagger's fields win over the hook's own");
+    assert_eq!(meta("eventMessage"), promoted.message);
+    assert_eq!(meta("timestamp"), sim.now.as_millisecond().to_string());
+    assert_eq!(meta("cmd"), "smoke", "the hook's own metadata is kept");
+}
+
+#[test]
+fn a_muted_gate_is_not_for_notification_targets() {
+    for mute in [false, true] {
+        let mut gate = hook("gate", HookType::ConfirmRollout, 0);
+        gate.mute_alert = mute;
+        let mut sim = with(vec![gate], vec![w(10), w(100)]);
+        sim.settle();
+        let waits: Vec<bool> = sim
+            .status
+            .history
+            .iter()
+            .filter(|t| t.reason == "WaitingForWebhook")
+            .map(|t| t.muted)
+            .collect();
+        assert_eq!(waits, vec![mute]);
+        assert!(
+            sim.status
+                .history
+                .iter()
+                .filter(|t| t.reason != "WaitingForWebhook")
+                .all(|t| !t.muted)
+        );
+    }
 }

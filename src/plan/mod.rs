@@ -1049,6 +1049,7 @@ impl Planner<'_> {
             canary_weight: self.st.canary_weight,
             reason: reason.into(),
             message: message.clone(),
+            muted: false,
         });
         let excess = self.st.history.len().saturating_sub(HISTORY_LIMIT);
         self.st.history.drain(..excess);
@@ -1063,7 +1064,7 @@ impl Planner<'_> {
         if !(first && phase == Phase::Healthy) {
             self.event(type_, reason, message);
         }
-        self.fire_hooks(phase);
+        self.fire_hooks(phase, type_);
     }
 
     fn set_condition(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
@@ -1108,6 +1109,7 @@ fn identity(canary: &VersionRef, dep: &DeploymentState) -> CanaryStatus {
         deployment: canary.deployment.clone(),
         template_hash: dep.template_hash.clone(),
         halted: None,
+        ..Default::default()
     }
 }
 

@@ -81,6 +81,8 @@ mod tests {
             interval: default_interval(),
             metadata: BTreeMap::new(),
             bearer_token_secret: None,
+            mute_alert: false,
+            disable_tls: false,
         }
     }
 

@@ -419,7 +419,7 @@ pub struct AnalysisStatus {
     pub metrics: Vec<MetricResult>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CanaryStatus {
     pub subset: String,
@@ -430,6 +430,18 @@ pub struct CanaryStatus {
     /// `spec.canary` changes, or `canaryd retry`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halted: Option<Phase>,
+    /// Failed pre-rollout and rollout webhook calls in this rollout: with failed checks, they count
+    /// against `analysis.failureLimit`, as Flagger counts them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub webhook_failures: u32,
+    /// When the newest failed call counted above was answered (each answer counts once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub webhook_failure_at: Option<Timestamp>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A Kubernetes-style condition.
@@ -459,6 +471,9 @@ pub struct Transition {
     pub canary_weight: u8,
     pub reason: String,
     pub message: String,
+    /// Not for notification targets: a wait for a webhook with `muteAlert` (Flagger's meaning).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub muted: bool,
 }
 
 impl RolloutPolicySpec {

@@ -18,7 +18,8 @@ pub struct Webhook {
     /// Unique within the policy; named in status, Events and rollback reasons.
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
-    #[serde(rename = "type")]
+    /// Optional, as in Flagger: a hook without a type is a `rollout` hook.
+    #[serde(rename = "type", default = "rollout")]
     pub type_: HookType,
     /// http:// or https:// (no credentials in it: it is shown in status and logs).
     #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://"))]
@@ -27,8 +28,9 @@ pub struct Webhook {
     #[serde(default = "default_timeout", with = "humantime_serde")]
     #[schemars(schema_with = "crate::resources::schema::duration")]
     pub timeout: Duration,
-    /// pre-rollout and rollout hooks: failed answers in a row tolerated; one more rolls back.
-    #[serde(default = "default_retries")]
+    /// Flagger's meaning: HTTP retries within one call (after a connection error, a timeout, 429 or
+    /// a 5xx other than 501), 1 s, 2 s, 4 s … apart; only then is the call a failed answer.
+    #[serde(default)]
     #[schemars(range(max = 10))]
     pub retries: u32,
     /// How often a hook that said no (or a rollout/rollback hook) is asked again.
@@ -43,6 +45,14 @@ pub struct Webhook {
     /// this URL: the Secret's `canaryd.io/webhook-urls` annotation lists URL prefixes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer_token_secret: Option<SecretKeyRef>,
+    /// Flagger's meaning: while this confirm hook holds the rollout, notification targets are not
+    /// told (`WaitingForWebhook`); Events and event hooks still are.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mute_alert: bool,
+    /// Flagger's meaning: an https URL's certificate is not verified. A bearer token is never sent
+    /// to such a hook (the call is refused instead).
+    #[serde(default, rename = "disableTLS", skip_serializing_if = "std::ops::Not::not")]
+    pub disable_tls: bool,
 }
 
 /// The Secret annotation listing (comma-separated) the URL prefixes a token may be sent to.
@@ -85,9 +95,9 @@ pub fn url_allowed(annotation: &str, url: &str) -> bool {
 pub enum HookType {
     /// Before the canary is scaled up or gets traffic; the rollout waits for a 2xx.
     ConfirmRollout,
-    /// Before the first weight; a failure counts, `retries + 1` in a row roll back.
+    /// Before the first weight; a failed call counts against the analysis failure limit.
     PreRollout,
-    /// While the canary has traffic, every interval, like a metric.
+    /// While the canary has traffic, every interval, like a metric; a failed call counts too.
     Rollout,
     /// Before each weight increase; the rollout waits for a 2xx.
     ConfirmTrafficIncrease,
@@ -125,8 +135,8 @@ impl std::fmt::Display for HookType {
 pub fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
-fn default_retries() -> u32 {
-    2
+fn rollout() -> HookType {
+    HookType::Rollout
 }
 pub fn default_interval() -> Duration {
     Duration::from_secs(10)
@@ -169,7 +179,8 @@ pub struct PayloadVersion {
     pub template_hash: String,
 }
 
-/// The JSON body POSTed to a hook. `name`, `namespace`, `phase` and `metadata` are Flagger's.
+/// The JSON body POSTed to a hook. `name`, `namespace`, `phase`, `checksum` and `metadata` are
+/// Flagger's; event hooks also get Flagger's `eventMessage`, `eventType` and `timestamp` in `metadata`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Payload {
@@ -182,6 +193,9 @@ pub struct Payload {
     pub type_: String,
     /// `status.phase` when the call was decided.
     pub phase: String,
+    /// Flagger's field: identifies the configuration rolled out. Here the pod-template hash of the
+    /// canary (or, with no rollout in progress, of the stable Deployment).
+    pub checksum: String,
     /// Index into spec.steps of the step in progress (absent: no rollout in progress).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<u32>,
@@ -254,5 +268,40 @@ mod tests {
         let path = err.as_ref().map(|e| e.path().to_string());
         assert_eq!(path.as_deref(), Some("[1].type"), "{err:?}");
         assert!(err.is_some_and(|e| e.to_string().contains("confirm-rollout")));
+    }
+
+    #[test]
+    fn flaggers_fields_decode_with_flaggers_defaults_and_wrong_types_name_the_field() {
+        let decode = |v: serde_json::Value| serde_path_to_error::deserialize::<_, Vec<Webhook>>(v);
+        let hooks = decode(serde_json::json!([
+            {"name": "load", "url": "http://x/"},
+            {"name": "gate", "type": "confirm-rollout", "url": "https://x/", "muteAlert": true,
+             "disableTLS": true, "retries": 3}
+        ]));
+        let hooks = hooks.ok().unwrap_or_default();
+        let got: Vec<_> = hooks
+            .iter()
+            .map(|h| (h.type_, h.retries, h.mute_alert, h.disable_tls))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (HookType::Rollout, 0, false, false),
+                (HookType::ConfirmRollout, 3, true, true)
+            ]
+        );
+        for (field, value) in [
+            ("muteAlert", serde_json::json!("yes")),
+            ("disableTLS", serde_json::json!(1)),
+            ("retries", serde_json::json!(-1)),
+            ("retries", serde_json::json!(4_294_967_296u64)),
+            ("disableTls", serde_json::json!(true)),
+        ] {
+            let mut hook = serde_json::json!({"name": "x", "url": "http://x/"});
+            hook[field] = value;
+            let err = decode(serde_json::json!([hook])).err();
+            let path = err.as_ref().map(|e| e.path().to_string());
+            assert_eq!(path, Some(format!("[0].{field}")), "{field}: {err:?}");
+        }
     }
 }

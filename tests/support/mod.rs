@@ -4,6 +4,7 @@
 
 mod controlplane;
 mod k8s;
+mod loadtester;
 mod process;
 mod prometheus;
 pub mod standin;
@@ -13,6 +14,8 @@ pub mod standin;
 pub use controlplane::{ControlPlane, client, control_plane, control_plane_with_nodes};
 #[allow(unused_imports)]
 pub use k8s::{apply_yaml, client_with_token, create_namespace, token_for};
+#[allow(unused_imports)]
+pub use loadtester::LoadTester;
 #[allow(unused_imports)]
 pub use process::{ChildProc, bin_path, spawn_bin};
 #[allow(unused_imports)]
