@@ -3,4 +3,5 @@
 
 pub mod check;
 pub mod judge;
+pub mod mannwhitney;
 pub mod templates;
