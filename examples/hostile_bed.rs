@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use canaryd::analysis::prometheus::{MAX_ANSWER_BYTES, MAX_KEPT_PER_WORKLOAD, MAX_SERIES};
+use canaryd::prometheus::client::{MAX_ANSWER_BYTES, MAX_KEPT_PER_WORKLOAD, MAX_SERIES};
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::Client;
 use serde_json::{Value, json};
@@ -36,7 +36,7 @@ const NS: &str = "tenant-namespace-with-a-name-of-the-longest-length-kubernetes-
 const BOUND_MIB: f64 = 128.0;
 /// How long the hostile answers flow (several analysis intervals).
 const LOAD: Duration = Duration::from_secs(60);
-/// The Slack answers canaryd reads up to (gates/notify ANSWER_LIMIT).
+/// The Slack answers canaryd reads up to (notify ANSWER_LIMIT).
 const SLACK_LIMIT: usize = 64 * 1024;
 /// What a hook announces and would send.
 const HOOK_BODY: u64 = 100 * 1024 * 1024;
@@ -332,7 +332,7 @@ async fn main() -> Result<()> {
 
 async fn measure(client: &Client, daemon: &ChildProc, addr: &str, base: &str, served: &Served) -> Result<()> {
     let pid = daemon.pid();
-    let policies: kube::Api<canaryd::policy::types::RolloutPolicy> = kube::Api::namespaced(client.clone(), NS);
+    let policies: kube::Api<canaryd::resources::policy::RolloutPolicy> = kube::Api::namespaced(client.clone(), NS);
     support::wait_until("every policy reconciled", Duration::from_secs(120), async || {
         let list = policies.list(&Default::default()).await?;
         let done = list

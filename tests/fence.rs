@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
-use canaryd::policy::types::{Phase, RolloutPolicy};
+use canaryd::resources::policy::{Phase, RolloutPolicy};
 use fixture::{Seed, ensure, seed};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use canaryd::policy::types::{Phase, RolloutPolicy};
+use canaryd::resources::policy::{Phase, RolloutPolicy};
 use fixture::{Seed, ensure, seed, start_daemon};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -21,7 +21,7 @@ const POLICY: &str = "istio-test";
 const VS: &str = "istio-test-vs";
 /// What each hook announces and would send.
 const HOOK_BODY: u64 = 100 * 1024 * 1024;
-/// The Slack answers canaryd reads (gates/notify ANSWER_LIMIT).
+/// The Slack answers canaryd reads (notify ANSWER_LIMIT).
 const SLACK_LIMIT: usize = 64 * 1024;
 
 /// One answered request: its path, when it came, how many body bytes left this side before the
