@@ -12,6 +12,7 @@ pub mod reason;
 pub mod schedule;
 pub mod schema;
 pub mod selector;
+pub mod status;
 pub mod target;
 pub mod webhook;
 
