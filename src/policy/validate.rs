@@ -47,6 +47,26 @@ pub fn validate_spec(spec: &RolloutPolicySpec) -> Vec<FieldError> {
     if spec.virtual_services.is_empty() {
         errors.push(err("spec.virtualServices", "at least one VirtualService is required"));
     }
+    errors.extend(validate_virtual_services(spec));
+    errors.extend(validate_versions(spec));
+    errors.extend(validate_steps(spec));
+    if let Some(analysis) = &spec.analysis {
+        errors.extend(validate_analysis(analysis));
+    }
+    if spec.progress_deadline.is_zero() {
+        errors.push(err("spec.progressDeadline", "must be greater than zero"));
+    }
+    errors.extend(validate_bounds(spec));
+    if let Some(schedule) = &spec.schedule {
+        errors.extend(crate::cron::validate(schedule));
+    }
+    errors.extend(crate::policy::webhooks::validate(&spec.webhooks));
+    errors
+}
+
+/// `spec.virtualServices`: names, namespaces, no duplicates, no empty route lists.
+fn validate_virtual_services(spec: &RolloutPolicySpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
     let mut seen = HashSet::new();
     for (i, vs) in spec.virtual_services.iter().enumerate() {
         let field = format!("spec.virtualServices[{i}]");
@@ -82,6 +102,12 @@ pub fn validate_spec(spec: &RolloutPolicySpec) -> Vec<FieldError> {
             }
         }
     }
+    errors
+}
+
+/// `spec.stable` and `spec.canary`: subsets and Deployments, and no subset shared by two Deployments.
+fn validate_versions(spec: &RolloutPolicySpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
     for (name, v) in [("stable", Some(&spec.stable)), ("canary", spec.canary.as_ref())] {
         let Some(v) = v else { continue };
         if v.subset.is_empty() {
@@ -106,18 +132,6 @@ pub fn validate_spec(spec: &RolloutPolicySpec) -> Vec<FieldError> {
             ),
         ));
     }
-    errors.extend(validate_steps(spec));
-    if let Some(analysis) = &spec.analysis {
-        errors.extend(validate_analysis(analysis));
-    }
-    if spec.progress_deadline.is_zero() {
-        errors.push(err("spec.progressDeadline", "must be greater than zero"));
-    }
-    errors.extend(validate_bounds(spec));
-    if let Some(schedule) = &spec.schedule {
-        errors.extend(crate::cron::validate(schedule));
-    }
-    errors.extend(crate::policy::webhooks::validate(&spec.webhooks));
     errors
 }
 
