@@ -357,8 +357,18 @@ async fn run(
         Some(addr) => Some(serve_approvals(&client, addr, &options, &caches).await?),
         None => None,
     };
+    // The policy cache is filled by the controller; the notifier reads it, beside the reconciles.
+    let policies = kube::runtime::reflector::store::Writer::default();
+    let notify = Notify {
+        api: api.clone(),
+        policies: policies.as_reader(),
+        caches: caches.clone(),
+        secrets_namespace: options.secrets_namespace.clone(),
+        metrics: metrics.clone(),
+    };
     let parts = |leader| Parts {
         caches,
+        policies,
         wake,
         woken,
         leader,
@@ -367,22 +377,8 @@ async fn run(
         request_timeout,
     };
     let result = if election.leader_elect {
-        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("canaryd-{}", std::process::id()));
-        let elector = Elector::new(
-            client.clone(),
-            leader::Election {
-                namespace: election.lease_namespace.clone(),
-                name: election.lease_name.clone(),
-                identity: identity.clone(),
-                lease_duration: election.lease_duration,
-                renew_deadline: election.renew_deadline(),
-            },
-        )?;
-        health.set_role(Role::Standby);
-        tracing::info!(lease = %election.lease_name, %identity, "waiting for the lease");
-        elector.acquire().await?;
-        health.set_role(Role::Leader);
-        tracing::info!(lease = %election.lease_name, %identity, "leading");
+        let elector = become_leader(&client, &election, &health).await?;
+        notify.start(elector.guard());
         let controller = canaryd::controller::run(client, metrics, options, parts(elector.guard()));
         let result = tokio::select! {
             done = controller => done.map_err(anyhow::Error::from),
@@ -393,6 +389,7 @@ async fn run(
         }
         result
     } else {
+        notify.start(LeaderGuard::unelected());
         canaryd::controller::run(client, metrics, options, parts(LeaderGuard::unelected()))
             .await
             .map_err(anyhow::Error::from)
@@ -402,6 +399,62 @@ async fn run(
         approvals.abort();
     }
     result
+}
+
+/// Waits (as a ready standby) until this replica holds the Lease.
+async fn become_leader(client: &kube::Client, election: &Election, health: &Health) -> anyhow::Result<Elector> {
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("canaryd-{}", std::process::id()));
+    let elector = Elector::new(
+        client.clone(),
+        leader::Election {
+            namespace: election.lease_namespace.clone(),
+            name: election.lease_name.clone(),
+            identity: identity.clone(),
+            lease_duration: election.lease_duration,
+            renew_deadline: election.renew_deadline(),
+        },
+    )?;
+    health.set_role(Role::Standby);
+    tracing::info!(lease = %election.lease_name, %identity, "waiting for the lease");
+    elector.acquire().await?;
+    health.set_role(Role::Leader);
+    tracing::info!(lease = %election.lease_name, %identity, "leading");
+    Ok(elector)
+}
+
+/// What the notifier needs; it starts once this replica leads and the caches are filled.
+struct Notify {
+    api: kube::Client,
+    policies: kube::runtime::reflector::Store<canaryd::cache::slim::SlimPolicy>,
+    caches: Caches,
+    secrets_namespace: String,
+    metrics: Arc<canaryd::metrics::Metrics>,
+}
+
+impl Notify {
+    /// Notifications run beside the reconciles, never inside them: a slow receiver cannot hold one.
+    fn start(self, leader: LeaderGuard) {
+        let recorder = kube::runtime::events::Recorder::new(self.api.clone(), canaryd::controller::reporter());
+        let targets = (self.caches.targets.clone(), self.caches.namespaces.clone());
+        match canaryd::notify::Notifier::new(
+            self.api,
+            self.policies,
+            targets,
+            self.secrets_namespace,
+            leader,
+            (recorder, self.metrics),
+        ) {
+            Ok(notifier) => {
+                let caches = self.caches;
+                tokio::spawn(async move {
+                    if caches.ready().await.is_ok() {
+                        Arc::new(notifier).run().await;
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "notifications are off: no HTTP client"),
+        }
+    }
 }
 
 /// `/metrics`, `/healthz`, `/readyz` on `listen`.

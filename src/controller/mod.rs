@@ -96,6 +96,16 @@ pub struct Parts {
     pub api: Client,
     /// That timeout; also bounds how long a webhook call may take to be sent.
     pub request_timeout: Duration,
+    /// The policy cache this controller fills; `main` hands its reader to the notifier.
+    pub policies: Writer<SlimPolicy>,
+}
+
+/// Who writes canaryd's Events (the pod, when it has a name).
+pub fn reporter() -> Reporter {
+    Reporter {
+        controller: "canaryd".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    }
 }
 
 /// How long after a Deployment's change its policies are woken again, for the object cache's lag.
@@ -111,6 +121,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         health,
         api,
         request_timeout,
+        policies: policies_cache,
     } = parts;
     // The policies are listed while the other caches fill; reconciles and the notifier wait for those.
     let namespace = options.namespace.as_deref();
@@ -118,10 +129,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let reporter = Reporter {
-        controller: "canaryd".into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
+    let reporter = reporter();
     let hooks = Arc::new(Runner::new(wake.clone(), leader.clone(), request_timeout)?);
     tokio::spawn(hooks.clone().run());
     let rewake = wake.clone();
@@ -145,56 +153,16 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         Recorder::new(ctx.client.clone(), reporter.clone()),
         ctx.leader.clone(),
     ));
-    let writer = Writer::default();
-    let store = writer.as_reader();
-    // Notifications run beside the reconciles, never inside them: a slow receiver cannot hold one.
-    match crate::notify::Notifier::new(
-        ctx.client.clone(),
-        store.clone(),
-        (ctx.caches.targets.clone(), ctx.caches.namespaces.clone()),
-        options.secrets_namespace.clone(),
-        ctx.leader.clone(),
-        (Recorder::new(ctx.client.clone(), reporter), ctx.metrics.clone()),
-    ) {
-        Ok(notifier) => {
-            let caches = ctx.caches.clone();
-            tokio::spawn(async move {
-                if caches.ready().await.is_ok() {
-                    Arc::new(notifier).run().await;
-                }
-            });
-        }
-        Err(e) => warn!(error = %e, "notifications are off: no HTTP client"),
-    }
-    let watch_health = health.clone();
-    let forget = ctx.clone();
+    let store = policies_cache.as_reader();
+    let seen = ctx.clone();
     let policy_stream = reflector::reflector(
-        writer,
+        policies_cache,
         watcher(policies, watcher::Config::default().any_semantic())
             .backoff(cache::WatchBackoff::default())
-            .inspect(move |item| {
-                watch_health.watch_item("rolloutpolicies", item);
-                // A policy deleted without the finalizer (it never changed anything) is not
-                // reconciled again: its series and records go here.
-                if let Ok(watcher::Event::Delete(p)) = item {
-                    let key = (p.namespace().unwrap_or_default(), p.name_any());
-                    forget.metrics.forget_policy(&key.0, &key.1);
-                    forget.superseded.forget(&key);
-                }
-            }),
+            .inspect(move |item| policy_event_seen(&seen, item)),
     )
     .applied_objects();
-    // With no policy there is nothing to reconcile: the loop is idle, not stuck.
-    let idle_store = store.clone();
-    let idle_health = health.clone();
-    tokio::spawn(async move {
-        loop {
-            if idle_store.is_empty() {
-                idle_health.loop_beat();
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-    });
+    spawn_idle_beat(store.clone(), health.clone());
     health.loop_beat();
     let controller = Controller::for_stream(policy_stream, store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY));
@@ -204,27 +172,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
             watcher(deployments, watcher::Config::default().any_semantic())
                 .backoff(cache::WatchBackoff::default())
                 .filter_map(after_first_list),
-            move |d: PartialObjectMeta<Deployment>| {
-                // A Deployment change wakes the policies that name it.
-                let ns = d.namespace();
-                let name = d.name_any();
-                let refs = store
-                    .state()
-                    .into_iter()
-                    .filter(|p| p.namespace() == ns && p.names_deployment(&name))
-                    .map(|p| ObjectRef::from_obj(&*p))
-                    .collect::<Vec<_>>();
-                // The reconcile reads the object cache, a watch of its own that may not hold this
-                // change yet: look once more when it has had time to (reconciles are idempotent).
-                for r in &refs {
-                    let (tx, key) = (rewake.clone(), (ns.clone().unwrap_or_default(), r.name.clone()));
-                    tokio::spawn(async move {
-                        tokio::time::sleep(CACHE_LAG).await;
-                        let _ = tx.unbounded_send(key);
-                    });
-                }
-                refs
-            },
+            wakes_for_deployment(store, rewake),
         )
         .reconcile_on(woken.map(|(ns, name)| ObjectRef::new(&name).within(&ns)))
         .shutdown_on_signal()
@@ -236,6 +184,58 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, options: Options, parts:
         })
         .await;
     Ok(())
+}
+
+/// A policy watch event: the watch's health, and what a deleted policy leaves behind.
+fn policy_event_seen(ctx: &Context, item: &std::result::Result<watcher::Event<SlimPolicy>, watcher::Error>) {
+    ctx.health.watch_item("rolloutpolicies", item);
+    // A policy deleted without the finalizer (it never changed anything) is not reconciled
+    // again: its series and records go here.
+    if let Ok(watcher::Event::Delete(p)) = item {
+        let key = (p.namespace().unwrap_or_default(), p.name_any());
+        ctx.metrics.forget_policy(&key.0, &key.1);
+        ctx.superseded.forget(&key);
+    }
+}
+
+/// With no policy there is nothing to reconcile: the loop is idle, not stuck.
+fn spawn_idle_beat(store: reflector::Store<SlimPolicy>, health: Arc<Health>) {
+    tokio::spawn(async move {
+        loop {
+            if store.is_empty() {
+                health.loop_beat();
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+}
+
+/// A Deployment change wakes the policies that name it, and once more after the object cache's lag.
+fn wakes_for_deployment(
+    store: reflector::Store<SlimPolicy>,
+    rewake: UnboundedSender<Key>,
+) -> impl Fn(PartialObjectMeta<Deployment>) -> Vec<ObjectRef<SlimPolicy>> {
+    move |d: PartialObjectMeta<Deployment>| {
+        // A Deployment change wakes the policies that name it.
+        let ns = d.namespace();
+        let name = d.name_any();
+        let refs = store
+            .state()
+            .into_iter()
+            .filter(|p| p.namespace() == ns && p.names_deployment(&name))
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect::<Vec<_>>();
+        // The reconcile reads the object cache, a watch of its own that may not hold this
+        // change yet: look once more when it has had time to (reconciles are idempotent).
+        for r in &refs {
+            let (tx, key) = (rewake.clone(), (ns.clone().unwrap_or_default(), r.name.clone()));
+            tokio::spawn(async move {
+                tokio::time::sleep(CACHE_LAG).await;
+                let _ = tx.unbounded_send(key);
+            });
+        }
+        refs
+    }
 }
 
 /// The Deployments changed after the daemon's first list: every policy is reconciled at the start
