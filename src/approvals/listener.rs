@@ -61,9 +61,8 @@ impl Approvals {
         namespace: Option<String>,
         keys: SlackKeys,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        let http = crate::http::client::builder(SLACK_TIMEOUT)
             .timeout(SLACK_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             inner: Arc::new(Inner {

@@ -49,10 +49,8 @@ impl Runner {
     /// after the leadership check made just before it.
     pub fn new(wake: UnboundedSender<Key>, leader: LeaderGuard, connect_timeout: Duration) -> crate::Result<Self> {
         let client = |verify: bool| {
-            reqwest::Client::builder()
-                // A hook's answer is its own status code, never a redirect target's.
-                .redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(connect_timeout)
+            // A hook's answer is its own status code, never a redirect target's.
+            crate::http::client::builder(connect_timeout)
                 .tls_danger_accept_invalid_certs(!verify)
                 .build()
                 .map_err(|e| crate::Error::Action(format!("webhook client: {e}")))

@@ -60,6 +60,9 @@ pub enum NotifyError {
     RateLimited(Option<Duration>),
     #[error("Slack refused: {0}")]
     Slack(String),
+    /// The answer could not be read within its cap.
+    #[error("{0}")]
+    Answer(String),
     #[error("{0}")]
     Target(String),
     #[error("Kubernetes API: {0}")]
@@ -146,10 +149,7 @@ pub struct Http {
 
 impl Http {
     pub fn new(timeout: Duration) -> Result<Self, NotifyError> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("canaryd/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout)
+        let client = crate::http::client::builder(timeout)
             .timeout(timeout)
             .build()
             .map_err(|e| NotifyError::Unreachable(chain(&e.without_url())))?;
@@ -175,7 +175,7 @@ impl Http {
         if let Some(token) = bearer {
             request = request.bearer_auth(token.expose());
         }
-        let mut response = request.send().await.map_err(|e| self.transport(e))?;
+        let response = request.send().await.map_err(|e| self.transport(e))?;
         let status = response.status();
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(NotifyError::RateLimited(retry_after(response.headers())));
@@ -183,14 +183,9 @@ impl Http {
         if !status.is_success() {
             return Err(NotifyError::Status(status.as_u16()));
         }
-        let mut answer = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(e))? {
-            if answer.len() + chunk.len() > ANSWER_LIMIT {
-                break;
-            }
-            answer.extend_from_slice(&chunk);
-        }
-        Ok(answer)
+        crate::http::body::read_capped(response, ANSWER_LIMIT, |e| self.transport(e))
+            .await
+            .map_err(|e| e.map_or_else(|transport| transport, |capped| NotifyError::Answer(capped.to_string())))
     }
 
     fn transport(&self, e: reqwest::Error) -> NotifyError {

@@ -114,11 +114,7 @@ impl PromClient {
         timeout: Duration,
     ) -> Result<Self, PromError> {
         let endpoint = endpoint(address)?;
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("canaryd/", env!("CARGO_PKG_VERSION")))
-            // A redirect could carry the credentials to an address the provider does not name.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout);
+        let mut builder = crate::http::client::builder(timeout);
         if let Some(pem) = ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| PromError::Tls(format!("CA bundle: {}", chain(&e))))?;
