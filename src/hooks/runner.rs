@@ -252,15 +252,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// A `Retry-After` in seconds, at most 30 s.
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let secs = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs).min(MAX_BACKOFF))
+    crate::http::client::retry_after(resp.headers(), MAX_BACKOFF)
 }
 
 /// Never echo a URL's query (it may carry a token) in status or logs.

@@ -12,6 +12,19 @@ pub fn builder(connect: Duration) -> reqwest::ClientBuilder {
         .connect_timeout(connect)
 }
 
+/// An answer's `Retry-After` in seconds (the HTTP-date form is not used by the receivers canaryd
+/// calls), at most `cap`.
+pub fn retry_after(headers: &reqwest::header::HeaderMap, cap: Duration) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(cap))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

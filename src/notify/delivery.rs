@@ -130,14 +130,7 @@ pub fn next_try(failures: u32, retry: Retry) -> Duration {
 
 /// `Retry-After` in seconds (the HTTP-date form is not used by Slack), capped.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs).min(RETRY_AFTER_CAP))
+    crate::http::client::retry_after(headers, RETRY_AFTER_CAP)
 }
 
 /// The HTTP client of every channel: rustls, bounded timeouts, no redirects (a redirect could carry
